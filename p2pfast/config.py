@@ -1,0 +1,224 @@
+"""Node configuration: the seed's ``config.json`` keys plus p2pfast's own, each with a default.
+
+Sources, lowest precedence first: built-in defaults, a JSON file, ``P2PFAST_*`` environment
+variables, explicit overrides (CLI flags). Every bad value raises :class:`ConfigError` with a
+one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import orjson
+
+from .addr import parse_addr
+from .errors import ConfigError
+
+#: Keys of the Rust server's config.json that p2pfast accepts and ignores.
+RUST_ONLY_KEYS = frozenset(
+    {"ice", "stun_server", "nat_detection", "allow_symmetric_nat_relay"}
+)
+
+
+@dataclass
+class Config:
+    """Everything a node needs to run. Times are in seconds."""
+
+    listen_address: str = "127.0.0.1:8080"
+    max_connections: int = 100
+    heartbeat_interval: float = 30.0
+    connection_timeout: float = 60.0
+    discovery_port_range: tuple[int, int] = (8081, 8090)
+    enable_discovery: bool = True
+    network_id: str = "p2p_default"
+    peerlist_broadcast_debounce_ms: int = 300
+    #: Name announced in our NodeInfo; default ``p2p_node_<port>`` as the Rust server does.
+    node_name: str | None = None
+    #: Fixed node id (UUID); default a random one per start.
+    node_id: str | None = None
+    #: Echo plain Data back (``{echo, timestamp}``) when no application consumes it.
+    echo: bool = True
+    #: Largest datagram p2pfast sends when it splits peer lists.
+    max_datagram_size: int = 8192
+    #: ``max_hops`` put on routed Data this node originates.
+    max_hops: int = 8
+    #: Reliability: messages in flight per peer, retransmissions before a send fails.
+    send_window: int = 256
+    max_retries: int = 8
+    rto_initial: float = 1.0
+    rto_min: float = 0.2
+    rto_max: float = 60.0
+    #: Width of the per-peer duplicate filter (a power of two).
+    duplicate_window: int = 1024
+    #: How long a sequence gap may last before a Retransmit request is sent.
+    gap_delay: float = 0.05
+    #: Bounded cache of routed-message ids already seen.
+    route_cache_size: int = 65_536
+    route_cache_ttl: float = 300.0
+    #: Bounded routing table (routes learned from discovery).
+    max_routes: int = 65_536
+    #: Seconds between one-line statistics in the log (0 = never).
+    stats_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation --------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every value; raise ConfigError naming the first bad key."""
+        try:
+            parse_addr(self.listen_address)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"listen_address: {exc}") from None
+        _positive_int("max_connections", self.max_connections)
+        _positive_number("heartbeat_interval", self.heartbeat_interval)
+        _positive_number("connection_timeout", self.connection_timeout)
+        rng = self.discovery_port_range
+        if (
+            not isinstance(rng, (list, tuple))
+            or len(rng) != 2
+            or not all(type(p) is int and 1 <= p <= 65535 for p in rng)
+            or rng[0] > rng[1]
+        ):
+            raise ConfigError(
+                f"discovery_port_range: expected [low, high] ports with low <= high, got {rng!r}"
+            )
+        self.discovery_port_range = (rng[0], rng[1])
+        for key in ("enable_discovery", "echo"):
+            if type(getattr(self, key)) is not bool:
+                raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.network_id, str) or not self.network_id:
+            raise ConfigError("network_id: expected a non-empty string")
+        if self.node_name is not None and (not isinstance(self.node_name, str) or not self.node_name):
+            raise ConfigError("node_name: expected a non-empty string")
+        if self.node_id is not None:
+            from ._codec_py import normalize_uuid
+            from .errors import ProtocolError
+
+            try:
+                self.node_id = normalize_uuid(self.node_id)
+            except ProtocolError:
+                raise ConfigError(f"node_id: not a UUID: {self.node_id!r}") from None
+        _non_negative_int("peerlist_broadcast_debounce_ms", self.peerlist_broadcast_debounce_ms)
+        _positive_int("max_datagram_size", self.max_datagram_size)
+        if not 1024 <= self.max_datagram_size <= 65_507:
+            raise ConfigError("max_datagram_size: expected 1024..65507 bytes")
+        _positive_int("max_hops", self.max_hops)
+        _positive_int("send_window", self.send_window)
+        _non_negative_int("max_retries", self.max_retries)
+        for key in ("rto_initial", "rto_min", "rto_max", "gap_delay", "route_cache_ttl"):
+            _positive_number(key, getattr(self, key))
+        if self.rto_min > self.rto_max:
+            raise ConfigError("rto_min: must not exceed rto_max")
+        w = self.duplicate_window
+        _positive_int("duplicate_window", w)
+        if w < 64 or w & (w - 1) or w > 1 << 20:
+            raise ConfigError("duplicate_window: expected a power of two from 64 to 1048576")
+        if self.send_window > w:
+            raise ConfigError("send_window: must not exceed duplicate_window")
+        _positive_int("route_cache_size", self.route_cache_size)
+        _positive_int("max_routes", self.max_routes)
+        if type(self.stats_interval) not in (int, float) or self.stats_interval < 0:
+            raise ConfigError("stats_interval: expected a number >= 0")
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> "Config":
+        """Build from a dict (e.g. parsed config.json); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in RUST_ONLY_KEYS:
+                continue
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {key!r}")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> "Config":
+        """Load a JSON config file (the seed's format)."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r}: expected a JSON object")
+        return cls.from_mapping(data, source=str(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "Config":
+        """Defaults < file < ``P2PFAST_*`` environment < overrides (None values are skipped)."""
+        base = cls.from_file(path) if path is not None else cls()
+        merged = dataclasses.asdict(base)
+        merged.update(env_overrides(os.environ if env is None else env))
+        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(merged, source="configuration")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["discovery_port_range"] = list(self.discovery_port_range)
+        return data
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``P2PFAST_MAX_CONNECTIONS=5`` → ``{"max_connections": 5}``, converted by the field's type."""
+    out: dict[str, Any] = {}
+    for f in fields(Config):
+        name = "P2PFAST_" + f.name.upper()
+        if name not in env:
+            continue
+        text = env[name]
+        default = f.default
+        try:
+            if isinstance(default, bool):
+                lowered = text.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                out[f.name] = lowered in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                out[f.name] = int(text)
+            elif isinstance(default, float):
+                out[f.name] = float(text)
+            elif isinstance(default, tuple):
+                low, high = text.replace(",", "-").split("-")
+                out[f.name] = (int(low), int(high))
+            else:
+                out[f.name] = text
+        except ValueError:
+            raise ConfigError(f"{name}: invalid value {text!r}") from None
+    return out
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if type(value) is not int or value <= 0:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+
+
+def _non_negative_int(key: str, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{key}: expected an integer >= 0, got {value!r}")
+
+
+def _positive_number(key: str, value: Any) -> None:
+    if type(value) not in (int, float) or not value > 0:
+        raise ConfigError(f"{key}: expected a number > 0, got {value!r}")
+
+
+__all__ = ["Config", "env_overrides", "field"]

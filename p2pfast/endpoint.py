@@ -1,0 +1,101 @@
+"""The I/O shell: a datagram endpoint that feeds the sans-I/O :class:`~p2pfast.node.Node`.
+
+``datagram_received`` → ``Node.receive_datagram`` → ``transport.sendto`` for what it queued;
+one ``loop.call_at`` timer follows ``Node.get_timer()``. Nothing protocol-specific lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from .node import Node
+
+log = logging.getLogger("p2pfast")
+
+_INF = float("inf")
+
+
+class NodeEndpoint(asyncio.DatagramProtocol):
+    """Binds one Node to one UDP socket and one event loop."""
+
+    def __init__(self, node: Node, on_events: Callable[[], None]) -> None:
+        self.node = node
+        self._on_events = on_events
+        self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time
+        self.transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _INF
+        self.send_errors = 0
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flush()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id) -> (host, port)
+            addr = addr[:2]
+        node = self.node
+        node.receive_datagram(data, addr, self._time())
+        if node._out:
+            sendto = self.transport.sendto  # type: ignore[union-attr]
+            try:
+                for item in node.datagrams_to_send():
+                    sendto(*item)
+            except (OSError, ValueError) as exc:
+                self.send_errors += 1
+                log.debug("send failed: %s", exc)
+        if node._events:
+            self._on_events()
+        if node.get_timer() < self._timer_at:
+            self._arm()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (e.g. port unreachable) for an earlier sendto: not fatal for a UDP node.
+        self.send_errors += 1
+        log.debug("socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.transport = None
+
+    # -- driving the node --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the node queued, hand over its events, and re-arm its timer."""
+        node = self.node
+        transport = self.transport
+        if transport is not None:
+            for data, addr in node.datagrams_to_send():
+                try:
+                    transport.sendto(data, addr)
+                except (OSError, ValueError) as exc:  # e.g. an IPv6 peer on an IPv4 socket
+                    self.send_errors += 1
+                    log.debug("cannot send to %s: %s", addr, exc)
+        if node._events:
+            self._on_events()
+        if node.get_timer() != self._timer_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._cancel_timer()
+        when = self.node.get_timer()
+        if when != _INF:
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = _INF
+        self.node.handle_timer(self._time())
+        self.flush()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = _INF

@@ -1,0 +1,89 @@
+"""Events the protocol engine hands to the application (the sans-I/O side of the API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class Event:
+    """Base class of engine events."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class PeerConnected(Event):
+    """A handshake completed (either direction)."""
+
+    node_id: str
+    addr: tuple
+    node_info: dict
+
+
+@dataclass(slots=True)
+class PeerDisconnected(Event):
+    """A peer left: ``reason`` is ``disconnect`` (it said so), ``timeout``, ``unreachable``,
+    ``replaced`` or ``shutdown``."""
+
+    node_id: str
+    addr: tuple
+    reason: str
+
+
+@dataclass(slots=True)
+class DataReceived(Event):
+    """Application data for this node, delivered exactly once per message.
+
+    ``source`` is the sending node's id (for routed data, the ``source_node`` it claims);
+    ``message_id`` is the envelope id; ``route_id`` is set for routed data.
+    """
+
+    source: str
+    payload: Any
+    message_id: str
+    route_id: str | None = None
+    hops: int = 0
+
+
+@dataclass(slots=True)
+class SendCompleted(Event):
+    """A message sent with :meth:`Node.send_data` was acknowledged by the next hop."""
+
+    handle: str
+
+
+@dataclass(slots=True)
+class SendFailed(Event):
+    """A message sent with :meth:`Node.send_data` cannot be delivered (``reason``: ``timeout``,
+    ``peer_gone``, ``no_route``, ``shutdown``)."""
+
+    handle: str
+    reason: str
+
+
+@dataclass(slots=True)
+class WindowOpened(Event):
+    """The send window towards ``node_id`` has room again (backpressure released)."""
+
+    node_id: str
+
+
+@dataclass(slots=True)
+class ConnectFailed(Event):
+    """An outgoing handshake to ``addr`` was refused (``reason`` is the peer's error text) or timed out."""
+
+    addr: tuple
+    reason: str
+
+
+__all__ = [
+    "ConnectFailed",
+    "DataReceived",
+    "Event",
+    "PeerConnected",
+    "PeerDisconnected",
+    "SendCompleted",
+    "SendFailed",
+    "WindowOpened",
+]

@@ -1,0 +1,1222 @@
+"""The sans-I/O protocol engine: node state, peer sessions, routing and reliability.
+
+``Node`` never touches a socket, a clock or an event loop. It is fed datagrams
+(:meth:`Node.receive_datagram`), timer expiries (:meth:`Node.handle_timer`) and commands
+(:meth:`Node.connect`, :meth:`Node.send_data`, :meth:`Node.close`), always with ``now``
+(seconds, monotonic). It answers with datagrams to send (:meth:`Node.datagrams_to_send`),
+application events (:meth:`Node.next_event`) and the time it next wants to be woken
+(:meth:`Node.get_timer`). The uvloop endpoint in :mod:`p2pfast.endpoint` is a thin shell
+around it; tests and the benchmark drive it directly.
+
+Security model (SPEC §6): nothing from an address that has not completed a handshake creates
+state; replies to such an address stay within 3× the bytes it sent; every table is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+from ._speedups import codec, window
+from .addr import format_addr, parse_addr
+from .config import Config
+from .errors import ProtocolError, SendError, WindowFull
+from .events import (
+    ConnectFailed,
+    DataReceived,
+    Event,
+    PeerConnected,
+    PeerDisconnected,
+    SendCompleted,
+    SendFailed,
+    WindowOpened,
+)
+from .protocol import MAX_DATAGRAM_SIZE, MessageType
+from .routing import RouteIdCache, RoutingTable
+from .stats import Counters, ServerStats, snapshot
+
+log = logging.getLogger("p2pfast")
+
+decode = codec.decode
+encode = codec.encode
+encode_raw = codec.encode_raw
+encode_ack = codec.encode_ack
+encode_bare = codec.encode_bare
+dump_payload = codec.dump_payload
+new_id = codec.new_id
+normalize_uuid = codec.normalize_uuid
+NEW = window.NEW
+DUPLICATE = window.DUPLICATE
+
+T_HANDSHAKE_REQUEST = int(MessageType.HandshakeRequest)
+T_HANDSHAKE_RESPONSE = int(MessageType.HandshakeResponse)
+T_PING = int(MessageType.Ping)
+T_PONG = int(MessageType.Pong)
+T_DISCOVERY_REQUEST = int(MessageType.DiscoveryRequest)
+T_DISCOVERY_RESPONSE = int(MessageType.DiscoveryResponse)
+T_LIST_REQUEST = int(MessageType.ListNodesRequest)
+T_LIST_RESPONSE = int(MessageType.ListNodesResponse)
+T_DATA = int(MessageType.Data)
+T_ERROR = int(MessageType.Error)
+T_DISCONNECT = int(MessageType.Disconnect)
+T_ACK = int(MessageType.Ack)
+T_RETRANSMIT = int(MessageType.Retransmit)
+T_P2P_CONNECT = int(MessageType.P2PConnect)
+T_RELAY_REQUEST = int(MessageType.RelayRequest)
+T_RELAY_RESPONSE = int(MessageType.RelayResponse)
+T_RELAY_DATA = int(MessageType.RelayData)
+
+#: Version string announced in NodeInfo (the Rust server's, for its clients' sake).
+PROTOCOL_VERSION = "0.3.0"
+#: Capabilities we announce; ``p2pfast`` marks a peer that speaks this implementation's extensions.
+CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast")
+#: Replies to an address that has not completed a handshake stay within this factor of what it sent.
+AMPLIFICATION_FACTOR = 3
+#: Room left in a datagram for the envelope around a list payload.
+ENVELOPE_OVERHEAD = 256
+#: Bounds on what a peer may announce about itself (memory per peer is fixed).
+MAX_NAME_LEN = 256
+MAX_CAPABILITIES = 32
+MAX_METADATA = 32
+MAX_FIELD_LEN = 256
+#: Retransmit requests carry at most this many sequence numbers.
+MAX_RETRANSMIT_REQUEST = 64
+#: Outgoing handshakes: attempts before ConnectFailed.
+CONNECT_ATTEMPTS = 3
+#: Pending outgoing handshakes held at once.
+MAX_PENDING_CONNECTS = 1024
+_INF = float("inf")
+_ROUTED_KEYS = frozenset(
+    ("destination_node", "source_node", "route_id", "hop_count", "max_hops", "original_message")
+)
+
+
+class Peer:
+    """A session with a node that completed a handshake, keyed by its UDP address."""
+
+    __slots__ = (
+        "addr",
+        "addr_str",
+        "node_id",
+        "node_info",
+        "p2pfast",
+        "last_seen",
+        "dup",
+        "window",
+        "next_seq",
+        "gap_at",
+        "peerinfo_prefix",
+        "nodeinfo_json",
+        "window_blocked",
+    )
+
+    def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
+        self.addr = addr
+        self.addr_str = format_addr(addr)
+        self.node_id: str = node_info["id"]
+        self.node_info = node_info
+        caps = node_info["capabilities"]
+        self.p2pfast = "p2pfast" in caps
+        self.last_seen = now
+        self.dup = window.DuplicateFilter(config.duplicate_window)
+        self.window = window.SendWindow(
+            config.send_window,
+            config.max_retries,
+            config.rto_initial,
+            config.rto_min,
+            config.rto_max,
+        )
+        self.next_seq = 1
+        self.gap_at = _INF
+        self.window_blocked = False
+        # Pre-serialized list entries (keys sorted, as the Rust server emits them).
+        self.peerinfo_prefix = (
+            b'{"addr":"%s","capabilities":%s,"id":"%s","last_seen":'
+            % (self.addr_str.encode(), dump_payload(caps), self.node_id.encode())
+        )
+        shown = dict(node_info)
+        shown["listen_addr"] = self.addr_str
+        self.nodeinfo_json = dump_payload(shown)
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.node_id} at {self.addr_str}>"
+
+
+class _PendingConnect:
+    __slots__ = ("msg_id", "data", "attempts", "next_at")
+
+    def __init__(self, msg_id: str, data: bytes, next_at: float) -> None:
+        self.msg_id = msg_id
+        self.data = data
+        self.attempts = 1
+        self.next_at = next_at
+
+
+def validate_node_info(payload: Any) -> dict:
+    """Check a NodeInfo payload (all seven keys, types, non-empty name/version, bounded sizes).
+
+    Returns a normalized copy; raises ValueError with a short reason.
+    """
+    if type(payload) is not dict:
+        raise ValueError("NodeInfo must be an object")
+    try:
+        node_id = payload["id"]
+        name = payload["name"]
+        version = payload["version"]
+        listen_addr = payload["listen_addr"]
+        capabilities = payload["capabilities"]
+        metadata = payload["metadata"]
+        network_id = payload["network_id"]
+    except KeyError as exc:
+        raise ValueError(f"NodeInfo lacks {exc.args[0]!r}") from None
+    try:
+        node_id = normalize_uuid(node_id)
+    except ProtocolError:
+        raise ValueError("NodeInfo id is not a UUID") from None
+    for key, value in (("name", name), ("version", version), ("network_id", network_id)):
+        if type(value) is not str or len(value) > MAX_NAME_LEN:
+            raise ValueError(f"NodeInfo {key} must be a string of at most {MAX_NAME_LEN} chars")
+    if not name or not version:
+        raise ValueError("NodeInfo name and version must not be empty")
+    if type(listen_addr) is not str:
+        raise ValueError("NodeInfo listen_addr must be a string")
+    try:
+        parse_addr(listen_addr)
+    except ValueError:
+        raise ValueError("NodeInfo listen_addr is not ip:port") from None
+    if (
+        type(capabilities) is not list
+        or len(capabilities) > MAX_CAPABILITIES
+        or not all(type(c) is str and len(c) <= MAX_FIELD_LEN for c in capabilities)
+    ):
+        raise ValueError("NodeInfo capabilities must be a short list of strings")
+    if (
+        type(metadata) is not dict
+        or len(metadata) > MAX_METADATA
+        or not all(
+            type(v) is str and len(k) <= MAX_FIELD_LEN and len(v) <= MAX_FIELD_LEN
+            for k, v in metadata.items()
+        )
+    ):
+        raise ValueError("NodeInfo metadata must be a small string-to-string object")
+    return {
+        "capabilities": capabilities,
+        "id": node_id,
+        "listen_addr": listen_addr,
+        "metadata": metadata,
+        "name": name,
+        "network_id": network_id,
+        "version": version,
+    }
+
+
+class _LogLimiter:
+    """At most one log line per reason every ``interval`` seconds, with a count of the rest."""
+
+    __slots__ = ("interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, reason: str, now: float, message: str, *args: Any) -> None:
+        if now < self._next.get(reason, 0.0):
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        if len(self._next) > 256:  # reasons are a small fixed set; never grow unbounded
+            self._next.clear()
+        self._next[reason] = now + self.interval
+        skipped = self._suppressed.pop(reason, 0)
+        suffix = f" ({skipped} more since last report)" if skipped else ""
+        log.warning(message + suffix, *args)
+
+
+class Node:
+    """A p2pfast node's protocol state machine (server and client at once)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: float,
+        local_addr: tuple | None = None,
+        wall_offset: float | None = None,
+    ) -> None:
+        self.config = config
+        self.node_id: str = config.node_id or new_id()
+        self.local_addr: tuple = local_addr or parse_addr(config.listen_address)
+        self.local_addr_str = format_addr(self.local_addr)
+        self.started_at = now
+        #: Wire timestamps are ``int(now + wall_offset)`` (Unix seconds).
+        self.wall_offset = time.time() - now if wall_offset is None else wall_offset
+        self.node_info = {
+            "capabilities": list(CAPABILITIES),
+            "id": self.node_id,
+            "listen_addr": self.local_addr_str,
+            "metadata": {},
+            "name": config.node_name or f"p2p_node_{self.local_addr[1]}",
+            "network_id": config.network_id,
+            "version": PROTOCOL_VERSION,
+        }
+        #: Deliver Data to the application as events (else echo it, if ``config.echo``).
+        self.app_attached = False
+        self.closed = False
+
+        self.peers_by_addr: dict[tuple, Peer] = {}
+        self.peers_by_id: dict[str, Peer] = {}
+        self.routes = RoutingTable(config.max_routes)
+        self.route_ids = RouteIdCache(config.route_cache_size, config.route_cache_ttl)
+        self.counters = Counters()
+
+        self._out: list[tuple[bytes, tuple]] = []
+        self._events: deque[Event] = deque()
+        self._pending_connects: dict[tuple, _PendingConnect] = {}
+        self._announce: list[Peer] = []  # joined since the last broadcast
+        self._removed_since_broadcast = False
+        self._inflight: set[Peer] = set()
+        self._gapped: set[Peer] = set()
+
+        self._heartbeat_at = now + config.heartbeat_interval
+        self._housekeeping_at = now + min(30.0, config.route_cache_ttl)
+        self._stats_at = now + config.stats_interval if config.stats_interval else _INF
+        self._broadcast_at = _INF
+        self._broadcast_latest = _INF
+        self._window_at = _INF
+        self._gap_at = _INF
+        self._connect_at = _INF
+        self._discovery_at = now if config.enable_discovery else _INF
+        self._log_hostile = _LogLimiter()
+
+        self._handlers: list[Callable[[Peer, Any, float], None]] = [
+            self._on_handshake_request,
+            self._on_handshake_response,
+            self._on_ping,
+            self._on_ignored,  # Pong: liveness is refreshed by every datagram
+            self._on_discovery_request,
+            self._on_discovery_response,
+            self._on_list_request,
+            self._on_ignored,  # ListNodesResponse
+            self._on_data,
+            self._on_error,
+            self._on_disconnect,
+            self._on_ack,
+            self._on_retransmit,
+            self._on_p2p_connect,
+            self._on_relay_request,
+            self._on_ignored,  # RelayResponse
+            self._on_ignored,  # RelayData
+        ]
+
+    # ------------------------------------------------------------------------------------
+    # Output side of the sans-I/O interface
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple]]:
+        """Take the datagrams queued since the last call, as ``(data, addr)`` pairs."""
+        out = self._out
+        if out:
+            self._out = []
+            counters = self.counters
+            counters.datagrams_out += len(out)
+            counters.bytes_out += sum([len(d) for d, _ in out])
+        return out
+
+    def next_event(self) -> Event | None:
+        """Pop the next application event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float:
+        """The time at which :meth:`handle_timer` should next be called."""
+        return min(
+            self._heartbeat_at,
+            self._housekeeping_at,
+            self._stats_at,
+            self._broadcast_at,
+            self._window_at,
+            self._gap_at,
+            self._connect_at,
+            self._discovery_at,
+        )
+
+    def timestamp(self, now: float) -> int:
+        return int(now + self.wall_offset)
+
+    # ------------------------------------------------------------------------------------
+    # Input: datagrams
+
+    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
+        """Process one datagram from ``addr``. Never raises for bad input: it is counted,
+        logged (rate-limited) and answered with at most a small Error."""
+        counters = self.counters
+        counters.datagrams_in += 1
+        counters.bytes_in += len(data)
+        try:
+            msg = decode(data)
+        except ProtocolError as exc:
+            counters.reject(exc.reason)
+            self._log_hostile(exc.reason, now, "dropped datagram from %s: %s", addr, exc)
+            if exc.reason == "too_large" and addr in self.peers_by_addr:
+                self._send_error(addr, "message exceeds 1 MiB", "too_large", now)
+            return
+        mtype = msg.type
+        counters.rx_by_type[mtype] += 1
+        peer = self.peers_by_addr.get(addr)
+        if peer is None:
+            self._unauthenticated(msg, addr, len(data), now)
+            return
+        peer.last_seen = now
+        seq = msg.sequence_number
+        if seq is not None and mtype != T_HANDSHAKE_REQUEST:
+            dup = peer.dup
+            highest = dup.highest
+            if dup.check(seq) != NEW:
+                counters.duplicates += 1
+                if msg.requires_ack:  # the first Ack may have been lost: ack again
+                    self._send_ack(msg.id, addr, now)
+                return
+            if seq > highest + 1 and highest >= 0 and peer.gap_at == _INF:
+                peer.gap_at = due = now + self.config.gap_delay
+                self._gapped.add(peer)
+                if due < self._gap_at:
+                    self._gap_at = due
+        if msg.requires_ack:
+            self._send_ack(msg.id, addr, now)
+        self._handlers[mtype](peer, msg, now)
+
+    def _send_ack(self, msg_id: str, addr: tuple, now: float) -> None:
+        data = encode_ack(msg_id, int(now + self.wall_offset), self.local_addr_str)
+        self._out.append((data, addr))
+        counters = self.counters
+        counters.acks_sent += 1
+        counters.tx_by_type[T_ACK] += 1
+
+    def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
+        """Serve an address with no session: HandshakeRequest, Ping, Disconnect, the reply to a
+        handshake we started, and a small Error for the rest; all within 3× ``size`` bytes."""
+        mtype = msg.type
+        budget = AMPLIFICATION_FACTOR * size
+        if mtype == T_HANDSHAKE_REQUEST:
+            self._on_handshake_request(None, msg, now, addr=addr, budget=budget)
+            return
+        pending = self._pending_connects.get(addr)
+        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK):
+            if mtype == T_HANDSHAKE_RESPONSE:
+                self._on_handshake_response(None, msg, now, addr=addr)
+            elif mtype == T_ERROR:
+                self._on_connect_refused(addr, msg.payload)
+            return
+        replies: list[bytes] = []
+        ts = int(now + self.wall_offset)
+        if msg.requires_ack and mtype in (T_PING, T_DISCONNECT):
+            replies.append(encode_ack(msg.id, ts, self.local_addr_str))
+        if mtype == T_PING:
+            replies.append(encode_bare(T_PONG, ts))
+        elif mtype in (T_DISCONNECT, T_ACK, T_PONG, T_ERROR):
+            self.counters.reject("handshake_required")
+        else:
+            self.counters.reject("handshake_required")
+            replies.append(
+                encode(
+                    T_ERROR,
+                    {"code": "handshake_required", "error": "handshake required"},
+                    ts,
+                )
+            )
+            self._log_hostile(
+                "handshake_required",
+                now,
+                "%s from %s before a handshake: refused",
+                msg.type_name,
+                addr,
+            )
+        self._send_within_budget(replies, addr, budget)
+
+    def _send_within_budget(self, replies: list[bytes], addr: tuple, budget: int) -> None:
+        """Queue ``replies`` in order while their total stays within ``budget`` bytes."""
+        counters = self.counters
+        for data in replies:
+            budget -= len(data)
+            if budget < 0:
+                counters.reject("amplification_limit")
+                break
+            self._out.append((data, addr))
+            counters.tx_by_type[_type_of(data)] += 1
+
+    # ------------------------------------------------------------------------------------
+    # Handlers (peer is the sender's session; None only where noted)
+
+    def _on_ignored(self, peer: Peer, msg: Any, now: float) -> None:
+        pass
+
+    def _on_handshake_request(
+        self,
+        peer: Peer | None,
+        msg: Any,
+        now: float,
+        *,
+        addr: tuple | None = None,
+        budget: int | None = None,
+    ) -> None:
+        addr = peer.addr if peer is not None else addr
+        assert addr is not None
+        ts = int(now + self.wall_offset)
+        replies: list[bytes] = []
+        if peer is None and msg.requires_ack:
+            replies.append(encode_ack(msg.id, ts, self.local_addr_str))
+            self.counters.acks_sent += 1
+        error = self._admit(peer, msg.payload, addr, now)
+        if isinstance(error, tuple):
+            text, code = error
+            self.counters.reject(code)
+            self._log_hostile(code, now, "handshake from %s refused: %s", addr, text)
+            replies.append(encode(T_ERROR, {"code": code, "error": text}, ts))
+            if budget is None:
+                budget = 1 << 20
+            self._send_within_budget(replies, addr, budget)
+            return
+        new_peer: Peer = error
+        response = {
+            "error_message": None,
+            "node_info": self.node_info,
+            "public_addr": new_peer.addr_str,
+            "success": True,
+        }
+        replies.append(encode(T_HANDSHAKE_RESPONSE, response, ts))
+        # A first slice of the peer list, sized so the whole reply stays within 3x the request
+        # (a spoofed handshake cannot amplify); the rest comes by broadcast or on request.
+        used = sum(map(len, replies))
+        room = (budget if budget is not None else self.config.max_datagram_size) - used
+        others = [p for p in self._sample_peers(64) if p is not new_peer]
+        replies.append(self._discovery_chunk(others, ts, room))
+        self._send_within_budget(replies, addr, budget if budget is not None else 1 << 20)
+
+    def _admit(self, peer: Peer | None, payload: Any, addr: tuple, now: float) -> Peer | tuple:
+        """Validate a HandshakeRequest and create or refresh the session; return the Peer, or
+        ``(error text, code)``."""
+        try:
+            info = validate_node_info(payload)
+        except ValueError as exc:
+            return str(exc), "invalid_node_info"
+        network_id = info["network_id"]
+        if network_id != self.config.network_id:
+            # The Rust server's exact text, so its clients show the same message.
+            return (
+                f"网络ID不匹配: 期望 {self.config.network_id}，收到 {network_id}",
+                "network_mismatch",
+            )
+        node_id = info["id"]
+        if node_id == self.node_id:
+            return "cannot handshake with itself", "node_id_taken"
+        holder = self.peers_by_id.get(node_id)
+        if holder is not None and holder.addr != addr:
+            return f"节点ID {node_id} 已存在", "node_id_taken"
+        if peer is not None:
+            if peer.node_id == node_id:  # a repeated handshake: same session, answer again
+                peer.node_info = info
+                return peer
+            self._remove_peer(peer, "replaced", now, notify=False)
+        elif len(self.peers_by_id) >= self.config.max_connections:
+            return (
+                f"server full: {self.config.max_connections} peers connected",
+                "server_full",
+            )
+        new_peer = self._add_peer(addr, info, now)
+        return new_peer
+
+    def _add_peer(self, addr: tuple, info: dict, now: float) -> Peer:
+        peer = Peer(addr, info, now, self.config)
+        self._pending_connects.pop(addr, None)  # simultaneous open: their request came first
+        self.peers_by_addr[addr] = peer
+        self.peers_by_id[peer.node_id] = peer
+        self.routes.remove_via(peer.node_id)  # a direct peer needs no learned route
+        self.counters.handshakes += 1
+        self._events.append(PeerConnected(peer.node_id, addr, info))
+        self._announce.append(peer)
+        self._schedule_broadcast(now)
+        log.info("peer %s (%s) connected from %s", peer.node_id, info["name"], peer.addr_str)
+        return peer
+
+    def _remove_peer(self, peer: Peer, reason: str, now: float, *, notify: bool = True) -> None:
+        if self.peers_by_addr.get(peer.addr) is peer:
+            del self.peers_by_addr[peer.addr]
+        if self.peers_by_id.get(peer.node_id) is peer:
+            del self.peers_by_id[peer.node_id]
+        self.routes.remove_via(peer.node_id)
+        self._inflight.discard(peer)
+        self._gapped.discard(peer)
+        for _seq, msg_id in peer.window.clear():
+            self.counters.send_failures += 1
+            self._events.append(SendFailed(msg_id, "peer_gone"))
+        self._events.append(PeerDisconnected(peer.node_id, peer.addr, reason))
+        if notify:
+            self._removed_since_broadcast = True
+            self._schedule_broadcast(now)
+        log.info("peer %s at %s removed: %s", peer.node_id, peer.addr_str, reason)
+
+    def _on_handshake_response(
+        self, peer: Peer | None, msg: Any, now: float, *, addr: tuple | None = None
+    ) -> None:
+        """The answer to a handshake we started (a HandshakeResponse from anyone else is
+        ignored: it cannot authenticate the sender, unlike in the Rust server)."""
+        if peer is not None:
+            return  # we already hold a session with this address
+        pending = self._pending_connects.pop(addr, None) if addr is not None else None
+        if pending is None:
+            self.counters.reject("unsolicited_response")
+            return
+        payload = msg.payload
+        if type(payload) is not dict or payload.get("success") is not True:
+            text = payload.get("error_message") if type(payload) is dict else None
+            self._events.append(ConnectFailed(addr, str(text or "handshake refused")))
+            return
+        try:
+            info = validate_node_info(payload.get("node_info"))
+        except ValueError as exc:
+            self._events.append(ConnectFailed(addr, f"invalid HandshakeResponse: {exc}"))
+            return
+        if info["network_id"] != self.config.network_id:
+            self._events.append(ConnectFailed(addr, "network id mismatch"))
+            return
+        holder = self.peers_by_id.get(info["id"])
+        if holder is not None or info["id"] == self.node_id:
+            self._events.append(ConnectFailed(addr, "node id already connected"))
+            return
+        if len(self.peers_by_id) >= self.config.max_connections:
+            self._events.append(ConnectFailed(addr, "max_connections reached"))
+            return
+        self._add_peer(addr, info, now)
+
+    def _on_connect_refused(self, addr: tuple, payload: Any) -> None:
+        self._pending_connects.pop(addr, None)
+        text = payload.get("error") if type(payload) is dict else None
+        self._events.append(ConnectFailed(addr, str(text or "refused")))
+
+    def _on_ping(self, peer: Peer, msg: Any, now: float) -> None:
+        self._queue(encode_bare(T_PONG, int(now + self.wall_offset)), peer, T_PONG)
+
+    def _on_discovery_request(self, peer: Peer, msg: Any, now: float) -> None:
+        ts = int(now + self.wall_offset)
+        others = [p for p in self.peers_by_id.values() if p is not peer]
+        for chunk in self._peer_list_chunks(others, ts):
+            self._queue(chunk, peer, T_DISCOVERY_RESPONSE)
+
+    def _on_list_request(self, peer: Peer, msg: Any, now: float) -> None:
+        ts = int(now + self.wall_offset)
+        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
+        batch: list[bytes] = []
+        size = 0
+        for p in self.peers_by_id.values():  # includes the requester, as the Rust server does
+            item = p.nodeinfo_json
+            if batch and size + len(item) + 1 > limit:
+                self._queue_list_response(batch, peer, ts)
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item) + 1
+        self._queue_list_response(batch, peer, ts)
+
+    def _queue_list_response(self, batch: list[bytes], peer: Peer, ts: int) -> None:
+        payload = b'{"nodes":[' + b",".join(batch) + b"]}"
+        self._queue(encode_raw(T_LIST_RESPONSE, payload, ts), peer, T_LIST_RESPONSE)
+
+    def _on_discovery_response(self, peer: Peer, msg: Any, now: float) -> None:
+        """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers."""
+        entries = msg.payload
+        if type(entries) is not list:
+            self.counters.reject("bad_payload")
+            return
+        for entry in entries[: self.config.max_routes]:
+            if type(entry) is not dict:
+                continue
+            try:
+                node_id = normalize_uuid(entry.get("id"))
+            except ProtocolError:
+                continue
+            if node_id == self.node_id or node_id == peer.node_id or node_id in self.peers_by_id:
+                continue
+            self.routes.add(node_id, peer.node_id, 2)
+            if self.config.enable_discovery:
+                addr_text = entry.get("addr")
+                if type(addr_text) is str:
+                    try:
+                        target = parse_addr(addr_text)
+                    except ValueError:
+                        continue
+                    self._maybe_connect(target, now)
+
+    def _on_data(self, peer: Peer, msg: Any, now: float) -> None:
+        payload = msg.payload
+        if type(payload) is dict:
+            if len(payload) >= 6 and _ROUTED_KEYS.issubset(payload):
+                self._on_routed(peer, msg, payload, now)
+                return
+            if payload.get("cmd") == "get_routes" and len(payload) == 1:
+                self._queue(
+                    encode(T_DATA, {"routes": self.routes.dump()}, int(now + self.wall_offset)),
+                    peer,
+                    T_DATA,
+                )
+                return
+        self._deliver(peer, peer.node_id, payload, msg.id, None, 0, now)
+
+    def _deliver(
+        self,
+        peer: Peer,
+        source: str,
+        payload: Any,
+        msg_id: str,
+        route_id: str | None,
+        hops: int,
+        now: float,
+    ) -> None:
+        if self.app_attached:
+            self.counters.delivered += 1
+            self._events.append(DataReceived(source, payload, msg_id, route_id, hops))
+        elif self.config.echo and route_id is None:
+            self.counters.echoed += 1
+            ts = int(now + self.wall_offset)
+            self._queue(encode(T_DATA, {"echo": payload, "timestamp": ts}, ts), peer, T_DATA)
+        else:
+            self.counters.delivered += 1
+
+    def _on_routed(self, peer: Peer, msg: Any, payload: dict, now: float) -> None:
+        try:
+            destination = normalize_uuid(payload["destination_node"])
+            source = normalize_uuid(payload["source_node"])
+            route_id = normalize_uuid(payload["route_id"])
+        except ProtocolError:
+            self._refuse(peer, "routed Data with an invalid id", "bad_payload", now)
+            return
+        hop_count = payload["hop_count"]
+        max_hops = payload["max_hops"]
+        original = payload["original_message"]
+        if (
+            type(hop_count) is not int
+            or type(max_hops) is not int
+            or hop_count < 0
+            or max_hops < 0
+            or type(original) is not dict
+        ):
+            self._refuse(peer, "routed Data with invalid fields", "bad_payload", now)
+            return
+        if self.route_ids.seen(route_id, now):
+            self.counters.duplicates += 1
+            return
+        hop_count += 1
+        if hop_count > max_hops:
+            self.counters.reject("hop_limit")
+            return
+        if destination == self.node_id:
+            self._deliver(peer, source, original.get("payload"), original.get("id", ""), route_id, hop_count, now)
+            return
+        target = self.peers_by_id.get(destination)
+        if target is None:
+            hop_id = self.routes.next_hop(destination)
+            target = self.peers_by_id.get(hop_id) if hop_id is not None else None
+        if target is None or target is peer:
+            self._refuse(peer, f"no route to {destination}", "no_route", now)
+            return
+        forwarded = dict(payload)
+        forwarded["hop_count"] = hop_count
+        forwarded["destination_node"] = destination
+        forwarded["source_node"] = source
+        forwarded["route_id"] = route_id
+        self.counters.forwarded += 1
+        ts = int(now + self.wall_offset)
+        if msg.requires_ack and target.p2pfast and not target.window.full:
+            # We acked the previous hop, so this hop must be reliable too.
+            self._send_data_to(target, forwarded, new_id(), ts, True, now)
+        else:
+            self._queue(encode(T_DATA, forwarded, ts), target, T_DATA)
+
+    def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
+        payload = msg.payload
+        text = payload.get("error") if type(payload) is dict else payload
+        log.info("peer %s reported an error: %.200s", peer.node_id, text)
+
+    def _on_disconnect(self, peer: Peer, msg: Any, now: float) -> None:
+        self._remove_peer(peer, "disconnect", now)
+
+    def _on_ack(self, peer: Peer, msg: Any, now: float) -> None:
+        ack_for = msg.ack_for
+        if ack_for is None:
+            return
+        self.counters.acks_received += 1
+        win = peer.window
+        if win.on_ack(ack_for, now) < 0:
+            return
+        self._events.append(SendCompleted(ack_for))
+        if peer.window_blocked:
+            peer.window_blocked = False
+            self._events.append(WindowOpened(peer.node_id))
+        if not len(win):
+            self._inflight.discard(peer)
+
+    def _on_retransmit(self, peer: Peer, msg: Any, now: float) -> None:
+        """Answer a Retransmit request from the send window (``{"sequence_numbers": [..]}``)."""
+        payload = msg.payload
+        numbers = payload.get("sequence_numbers") if type(payload) is dict else None
+        if type(numbers) is not list:
+            self.counters.reject("bad_payload")
+            return
+        self.counters.retransmit_requests += 1
+        win = peer.window
+        for seq in numbers[:MAX_RETRANSMIT_REQUEST]:
+            if type(seq) is not int:
+                continue
+            data = win.resend(seq, now)
+            if data is not None:
+                self.counters.retransmits += 1
+                self._queue(data, peer, T_DATA)
+
+    def _on_p2p_connect(self, peer: Peer, msg: Any, now: float) -> None:
+        """Hole-punch coordination as the Rust server does it: each side learns the other's
+        observed address."""
+        payload = msg.payload
+        target_id = payload.get("peer_id") if type(payload) is dict else None
+        try:
+            target_id = normalize_uuid(target_id)
+        except ProtocolError:
+            self._refuse(peer, "缺少或无效的 peer_id", "bad_payload", now)
+            return
+        if target_id == peer.node_id:
+            self._refuse(peer, "不能与自身建立直连", "bad_payload", now)
+            return
+        target = self.peers_by_id.get(target_id)
+        if target is None:
+            self._refuse(peer, f"目标节点未找到或不可达: {target_id}", "no_route", now)
+            return
+        ts = int(now + self.wall_offset)
+        self._queue(
+            encode(T_P2P_CONNECT, {"peer_addr": target.addr_str, "peer_id": target.node_id}, ts),
+            peer,
+            T_P2P_CONNECT,
+        )
+        notice = {"peer_addr": peer.addr_str, "peer_id": peer.node_id}
+        for key in ("nat_type", "predicted_ports", "public_addr"):
+            if key in payload:
+                notice["peer_" + key] = payload[key]
+        try:
+            data = encode(T_P2P_CONNECT, notice, ts)
+        except ProtocolError:
+            return
+        if len(data) <= self.config.max_datagram_size:
+            self._queue(data, target, T_P2P_CONNECT)
+
+    def _on_relay_request(self, peer: Peer, msg: Any, now: float) -> None:
+        # The Rust server's answer when relaying is disabled (its default).
+        self._queue(
+            encode(
+                T_RELAY_RESPONSE,
+                {"error_message": "服务器不允许流量转发", "success": False},
+                int(now + self.wall_offset),
+            ),
+            peer,
+            T_RELAY_RESPONSE,
+        )
+
+    # ------------------------------------------------------------------------------------
+    # Commands
+
+    def connect(self, addr: tuple, now: float) -> None:
+        """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows."""
+        if addr in self.peers_by_addr:
+            peer = self.peers_by_addr[addr]
+            self._events.append(PeerConnected(peer.node_id, addr, peer.node_info))
+            return
+        if addr in self._pending_connects:
+            return
+        if len(self._pending_connects) >= MAX_PENDING_CONNECTS:
+            self._events.append(ConnectFailed(addr, "too many handshakes in progress"))
+            return
+        info = dict(self.node_info)
+        msg_id = new_id()
+        data = encode(
+            T_HANDSHAKE_REQUEST,
+            info,
+            int(now + self.wall_offset),
+            id=msg_id,
+            sender_addr=self.local_addr_str,
+            requires_ack=True,
+        )
+        pending = _PendingConnect(msg_id, data, now + self.config.rto_initial)
+        self._pending_connects[addr] = pending
+        self._connect_at = min(self._connect_at, pending.next_at)
+        self._out.append((data, addr))
+        self.counters.tx_by_type[T_HANDSHAKE_REQUEST] += 1
+
+    def _maybe_connect(self, addr: tuple, now: float) -> None:
+        if (
+            addr in self.peers_by_addr
+            or addr in self._pending_connects
+            or addr == self.local_addr
+            or len(self.peers_by_id) + len(self._pending_connects) >= self.config.max_connections
+        ):
+            return
+        self.connect(addr, now)
+
+    def send_data(
+        self, node_id: str, payload: Any, now: float, *, reliable: bool = True
+    ) -> str:
+        """Queue application data for ``node_id``; return a handle (the message id).
+
+        Direct peers get a Data message; others a routed Data via the learned next hop. With
+        ``reliable`` the message is retransmitted until acked by the next hop, and a
+        SendCompleted or SendFailed event carries the handle. Raises WindowFull when the
+        next hop's window is full, SendError when there is no route or it is too large.
+        """
+        if self.closed:
+            raise SendError("shutdown", "node is closed")
+        peer = self.peers_by_id.get(node_id)
+        msg_id = new_id()
+        ts = int(now + self.wall_offset)
+        if peer is None:
+            hop_id = self.routes.next_hop(node_id)
+            peer = self.peers_by_id.get(hop_id) if hop_id is not None else None
+            if peer is None:
+                raise SendError("no_route", f"no peer or route for {node_id}")
+            payload = {
+                "destination_node": node_id,
+                "hop_count": 0,
+                "max_hops": self.config.max_hops,
+                "original_message": {
+                    "ack_for": None,
+                    "id": msg_id,
+                    "message_type": "Data",
+                    "payload": payload,
+                    "requires_ack": False,
+                    "sender_addr": None,
+                    "sequence_number": None,
+                    "timestamp": ts,
+                },
+                "route_id": new_id(),
+                "source_node": self.node_id,
+            }
+        self._send_data_to(peer, payload, msg_id, ts, reliable, now)
+        return msg_id
+
+    def _send_data_to(
+        self, peer: Peer, payload: Any, msg_id: str, ts: int, reliable: bool, now: float
+    ) -> None:
+        """Encode a Data message for ``peer`` with the session's next sequence number and,
+        when ``reliable``, keep it in the send window until acked."""
+        win = peer.window
+        if reliable and win.full:
+            peer.window_blocked = True
+            raise WindowFull(f"{win.capacity} messages to {peer.node_id} awaiting acknowledgement")
+        seq = peer.next_seq
+        try:
+            data = encode(
+                T_DATA, payload, ts, id=msg_id, sequence_number=seq, requires_ack=reliable
+            )
+        except ProtocolError as exc:
+            reason = "too_large" if exc.reason == "too_large" else "bad_payload"
+            raise SendError(reason, str(exc)) from None
+        if len(data) > MAX_DATAGRAM_SIZE:
+            raise SendError(
+                "too_large", f"{len(data)} bytes do not fit one datagram ({MAX_DATAGRAM_SIZE})"
+            )
+        peer.next_seq = seq + 1
+        if reliable:
+            win.add(seq, msg_id, data, now)
+            self._inflight.add(peer)
+            deadline = win.next_deadline()
+            if deadline < self._window_at:
+                self._window_at = deadline
+        self._queue(data, peer, T_DATA)
+
+    def ping(self, node_id: str, now: float) -> None:
+        peer = self.peers_by_id.get(node_id)
+        if peer is None:
+            raise SendError("no_route", f"not connected to {node_id}")
+        self._queue(encode_bare(T_PING, int(now + self.wall_offset)), peer, T_PING)
+
+    def request_peers(self, node_id: str, now: float, *, full_info: bool = False) -> None:
+        """Ask a peer for its peer list (DiscoveryRequest, or ListNodesRequest with ``full_info``)."""
+        peer = self.peers_by_id.get(node_id)
+        if peer is None:
+            raise SendError("no_route", f"not connected to {node_id}")
+        mtype = T_LIST_REQUEST if full_info else T_DISCOVERY_REQUEST
+        self._queue(encode_bare(mtype, int(now + self.wall_offset)), peer, mtype)
+
+    def disconnect(self, node_id: str, now: float, reason: str = "disconnect") -> None:
+        peer = self.peers_by_id.get(node_id)
+        if peer is None:
+            return
+        self._queue(
+            encode(T_DISCONNECT, {"reason": reason}, int(now + self.wall_offset)),
+            peer,
+            T_DISCONNECT,
+        )
+        self._remove_peer(peer, "shutdown" if reason == "shutdown" else "disconnect", now)
+
+    def close(self, now: float, reason: str = "shutdown") -> None:
+        """Say Disconnect to every peer, fail everything pending, stop all timers."""
+        if self.closed:
+            return
+        ts = int(now + self.wall_offset)
+        data = encode(T_DISCONNECT, {"reason": reason}, ts)
+        for peer in list(self.peers_by_id.values()):
+            self._queue(data, peer, T_DISCONNECT)
+            self._remove_peer(peer, "shutdown", now, notify=False)
+        for addr in list(self._pending_connects):
+            self._events.append(ConnectFailed(addr, "shutdown"))
+        self._pending_connects.clear()
+        self.closed = True
+        self._heartbeat_at = self._housekeeping_at = self._stats_at = _INF
+        self._broadcast_at = self._window_at = self._gap_at = self._connect_at = _INF
+        self._discovery_at = _INF
+
+    # ------------------------------------------------------------------------------------
+    # Timers
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that is due at ``now``."""
+        if self.closed:
+            return
+        if now >= self._window_at:
+            self._run_windows(now)
+        if now >= self._gap_at:
+            self._run_gaps(now)
+        if now >= self._connect_at:
+            self._run_connects(now)
+        if now >= self._broadcast_at:
+            self._run_broadcast(now)
+        if now >= self._heartbeat_at:
+            self._run_heartbeat(now)
+        if now >= self._discovery_at:
+            self._run_discovery(now)
+        if now >= self._housekeeping_at:
+            self.route_ids.expire(now)
+            self._housekeeping_at = now + min(30.0, self.config.route_cache_ttl)
+        if now >= self._stats_at:
+            self._log_stats(now)
+            self._stats_at = now + self.config.stats_interval
+
+    def _run_windows(self, now: float) -> None:
+        earliest = _INF
+        counters = self.counters
+        for peer in list(self._inflight):
+            win = peer.window
+            resend, failed = win.due(now)
+            for _seq, data in resend:
+                counters.retransmits += 1
+                self._queue(data, peer, T_DATA)
+            if failed:
+                for _seq, msg_id in failed:
+                    counters.send_failures += 1
+                    self._events.append(SendFailed(msg_id, "timeout"))
+                if peer.window_blocked:
+                    peer.window_blocked = False
+                    self._events.append(WindowOpened(peer.node_id))
+                if peer.p2pfast:
+                    # Retries exhausted towards a peer that does ack: it is unreachable. (Seed
+                    # clients never ack, so for them only the send fails.)
+                    self._remove_peer(peer, "unreachable", now)
+                    counters.evictions += 1
+                    continue
+            if not len(win):
+                self._inflight.discard(peer)
+                continue
+            deadline = win.next_deadline()
+            if deadline < earliest:
+                earliest = deadline
+        self._window_at = earliest
+
+    def _run_gaps(self, now: float) -> None:
+        earliest = _INF
+        ts = int(now + self.wall_offset)
+        for peer in list(self._gapped):
+            if peer.gap_at > now:
+                earliest = min(earliest, peer.gap_at)
+                continue
+            peer.gap_at = _INF
+            self._gapped.discard(peer)
+            missing = peer.dup.missing(MAX_RETRANSMIT_REQUEST)
+            if missing:
+                self.counters.retransmit_requests += 1
+                self._queue(
+                    encode(T_RETRANSMIT, {"sequence_numbers": missing}, ts), peer, T_RETRANSMIT
+                )
+        self._gap_at = earliest
+
+    def _run_connects(self, now: float) -> None:
+        earliest = _INF
+        for addr, pending in list(self._pending_connects.items()):
+            if pending.next_at > now:
+                earliest = min(earliest, pending.next_at)
+                continue
+            if pending.attempts >= CONNECT_ATTEMPTS:
+                del self._pending_connects[addr]
+                self._events.append(ConnectFailed(addr, "timeout"))
+                continue
+            pending.attempts += 1
+            pending.next_at = now + self.config.rto_initial * (2 ** (pending.attempts - 1))
+            earliest = min(earliest, pending.next_at)
+            self._out.append((pending.data, addr))
+            self.counters.tx_by_type[T_HANDSHAKE_REQUEST] += 1
+        self._connect_at = earliest
+
+    def _run_heartbeat(self, now: float) -> None:
+        """Evict peers silent for ``connection_timeout``; ping the ones idle for an interval."""
+        config = self.config
+        ts = int(now + self.wall_offset)
+        ping = encode_bare(T_PING, ts)
+        idle_since = now - config.heartbeat_interval
+        dead_since = now - config.connection_timeout
+        for peer in list(self.peers_by_id.values()):
+            if peer.last_seen < dead_since:
+                self.counters.evictions += 1
+                self._remove_peer(peer, "timeout", now)
+            elif peer.last_seen <= idle_since:
+                self._queue(ping, peer, T_PING)
+        self._heartbeat_at = now + config.heartbeat_interval
+
+    def _run_discovery(self, now: float) -> None:
+        """Probe ``discovery_port_range`` on our own host, then again every 10 heartbeats."""
+        low, high = self.config.discovery_port_range
+        host = self.local_addr[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        for port in range(low, high + 1):
+            target = (host, port)
+            if port != self.local_addr[1]:
+                self._maybe_connect(target, now)
+        self._discovery_at = now + 10 * self.config.heartbeat_interval
+
+    def _schedule_broadcast(self, now: float) -> None:
+        """Debounce: broadcast once arrivals pause for the debounce time, but no later than
+        ten debounce periods after the first pending change."""
+        delay = self.config.peerlist_broadcast_debounce_ms / 1000.0
+        if self._broadcast_latest == _INF:
+            self._broadcast_latest = now + 10 * delay
+        self._broadcast_at = min(now + delay, self._broadcast_latest)
+
+    def _run_broadcast(self, now: float) -> None:
+        """Tell every peer about the peers that joined since the last broadcast (or, after a
+        removal, the current list): one datagram per peer, so the cost stays O(peers) per
+        broadcast whatever the churn."""
+        self._broadcast_at = self._broadcast_latest = _INF
+        announce = [p for p in self._announce if self.peers_by_addr.get(p.addr) is p]
+        self._announce = []
+        if self._removed_since_broadcast:
+            self._removed_since_broadcast = False
+            announce = self._sample_peers(64)
+        if not announce:
+            return
+        ts = int(now + self.wall_offset)
+        room = self.config.max_datagram_size
+        shared = self._discovery_chunk(announce, ts, room)
+        listed = set(announce)
+        for peer in self.peers_by_id.values():
+            if peer in listed:
+                others = [p for p in announce if p is not peer]
+                if not others:
+                    continue
+                self._queue(self._discovery_chunk(others, ts, room), peer, T_DISCOVERY_RESPONSE)
+            else:
+                self._queue(shared, peer, T_DISCOVERY_RESPONSE)
+
+    def _log_stats(self, now: float) -> None:
+        c = self.counters
+        log.info(
+            "stats: peers=%d in=%d out=%d acks=%d/%d retransmits=%d duplicates=%d rejected=%d",
+            len(self.peers_by_id),
+            c.datagrams_in,
+            c.datagrams_out,
+            c.acks_sent,
+            c.acks_received,
+            c.retransmits,
+            c.duplicates,
+            sum(c.rejected.values()),
+        )
+
+    # ------------------------------------------------------------------------------------
+    # Helpers
+
+    def _queue(self, data: bytes, peer: Peer, mtype: int) -> None:
+        self._out.append((data, peer.addr))
+        self.counters.tx_by_type[mtype] += 1
+
+    def _send_error(self, addr: tuple, text: str, code: str, now: float) -> None:
+        data = encode(T_ERROR, {"code": code, "error": text}, int(now + self.wall_offset))
+        self._out.append((data, addr))
+        self.counters.tx_by_type[T_ERROR] += 1
+
+    def _refuse(self, peer: Peer, text: str, code: str, now: float) -> None:
+        self.counters.reject(code)
+        self._send_error(peer.addr, text, code, now)
+
+    def _sample_peers(self, limit: int) -> list[Peer]:
+        """Up to ``limit`` peers, most recently joined first (O(limit), not O(peers))."""
+        out: list[Peer] = []
+        for peer in reversed(self.peers_by_id.values()):
+            out.append(peer)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _discovery_chunk(self, peers: list[Peer], ts: int, room: int) -> bytes:
+        """One DiscoveryResponse listing as many of ``peers`` as fit in ``room`` bytes."""
+        stamp = b"%d}" % ts
+        items: list[bytes] = []
+        size = ENVELOPE_OVERHEAD - 40
+        for p in peers:
+            item = p.peerinfo_prefix + stamp
+            size += len(item) + 1
+            if size > room:
+                break
+            items.append(item)
+        return encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(items) + b"]", ts)
+
+    def _peer_list_chunks(self, peers: list[Peer], ts: int) -> list[bytes]:
+        """DiscoveryResponse datagrams covering all of ``peers`` (at least one, maybe empty)."""
+        stamp = b"%d}" % ts
+        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
+        chunks: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for p in peers:
+            item = p.peerinfo_prefix + stamp
+            if batch and size + len(item) + 1 > limit:
+                chunks.append(encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(batch) + b"]", ts))
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item) + 1
+        chunks.append(encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(batch) + b"]", ts))
+        return chunks
+
+    # ------------------------------------------------------------------------------------
+    # Introspection
+
+    def get_stats(self, now: float) -> ServerStats:
+        c = self.counters
+        return snapshot(
+            c,
+            node_id=self.node_id,
+            listen_address=self.local_addr_str,
+            uptime=now - self.started_at,
+            peer_stats=_peer_stats(self),
+        )
+
+
+def _peer_stats(node: Node):
+    from .stats import PeerStats
+
+    return PeerStats(
+        total_peers=len(node.peers_by_id),
+        max_connections=node.config.max_connections,
+        in_flight=sum(len(p.window) for p in node._inflight),
+        routes=len(node.routes),
+    )
+
+
+_TYPE_PREFIX_LEN = len(b'{"id":"00000000-0000-0000-0000-000000000000","message_type":"')
+_TYPE_BY_NAME = {name.encode(): int(t) for name, t in ((t.name, t) for t in MessageType)}
+
+
+def _type_of(data: bytes) -> int:
+    """Message type code of a datagram we encoded (for counters on the rare paths)."""
+    end = data.index(b'"', _TYPE_PREFIX_LEN)
+    return _TYPE_BY_NAME[data[_TYPE_PREFIX_LEN:end]]
