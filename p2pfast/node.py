@@ -88,6 +88,17 @@ CONNECT_ATTEMPTS = 3
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
 _INF = float("inf")
+#: Requests that an unauthenticated address is told to handshake first.
+_REQUEST_TYPES = frozenset(
+    (
+        T_DISCOVERY_REQUEST,
+        T_LIST_REQUEST,
+        T_DATA,
+        T_P2P_CONNECT,
+        T_RELAY_REQUEST,
+        T_RETRANSMIT,
+    )
+)
 _ROUTED_KEYS = frozenset(
     ("destination_node", "source_node", "route_id", "hop_count", "max_hops", "original_message")
 )
@@ -413,7 +424,8 @@ class Node:
             replies.append(encode_ack(msg.id, ts, self.local_addr_str))
         if mtype == T_PING:
             replies.append(encode_bare(T_PONG, ts))
-        elif mtype in (T_DISCONNECT, T_ACK, T_PONG, T_ERROR):
+        elif mtype not in _REQUEST_TYPES:
+            # Never answer a response, an Ack or an Error: two nodes must not ping-pong errors.
             self.counters.reject("handshake_required")
         else:
             self.counters.reject("handshake_required")
