@@ -1,0 +1,185 @@
+"""Real-socket helpers: a ``p2pfast-server`` subprocess, a blocking seed-format UDP client, and
+a seeded lossy UDP relay. Everything binds 127.0.0.1 only and is bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+from p2pfast._speedups import codec
+from p2pfast.protocol import MessageType as T
+
+READY = re.compile(r"listening on (\S+):(\d+) node_id=(\S+)")
+
+
+class ServerProcess:
+    """``python -m p2pfast.cli`` on an ephemeral loopback port, stopped on exit."""
+
+    def __init__(self, *args: str, env: dict | None = None, timeout: float = 20.0) -> None:
+        cmd = [sys.executable, "-m", "p2pfast.cli", "-a", "127.0.0.1:0", "--disable-discovery", *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.stderr_lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            match = READY.search(line)
+            if match:
+                self.addr = (match.group(1), int(match.group(2)))
+                self.node_id = match.group(3)
+                return
+        self.stop()
+        raise RuntimeError("server did not start: " + "".join(self.stderr_lines)[-2000:])
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SeedClient:
+    """A blocking UDP client speaking the seed wire format, as the Rust simple_client does."""
+
+    def __init__(self, server: tuple, timeout: float = 3.0) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+        self.timeout = timeout
+        self.backlog: list = []
+
+    def send(self, data: bytes, to: tuple | None = None) -> None:
+        self.sock.sendto(data, to or self.server)
+
+    def recv(self):
+        if self.backlog:
+            return self.backlog.pop(0)
+        data, _ = self.sock.recvfrom(65535)
+        return codec.decode(data)
+
+    def recv_type(self, mtype: int, timeout: float | None = None):
+        """The next message of ``mtype`` (others are kept for later)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        for i, msg in enumerate(self.backlog):
+            if msg.type == mtype:
+                return self.backlog.pop(i)
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except socket.timeout:
+                break
+            msg = codec.decode(data)
+            if msg.type == mtype:
+                return msg
+            self.backlog.append(msg)
+        raise TimeoutError(f"no {T(mtype).name} within {timeout or self.timeout}s; got {[T(m.type).name for m in self.backlog]}")
+
+    def drain(self, seconds: float = 0.2) -> list:
+        out = list(self.backlog)
+        self.backlog.clear()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except socket.timeout:
+                break
+            out.append(codec.decode(data))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LossyRelay(asyncio.DatagramProtocol):
+    """A seeded user-space "netem": forwards between one client and one target address,
+    dropping, duplicating and reordering datagrams with the given probabilities.
+
+    The client talks to ``relay.addr``; the target sees the relay's second socket as the client.
+    """
+
+    def __init__(self, target: tuple, *, loss: float, duplicate: float, reorder: float, seed: int) -> None:
+        self.target = target
+        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
+        self.rng = random.Random(seed)
+        self.client: tuple | None = None
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+        self.forwarded = self.dropped = self.duplicated = self.reordered = 0
+        self._held: list[tuple[asyncio.DatagramTransport, bytes, tuple]] = []
+
+    async def start(self) -> tuple:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple) -> None:
+                if relay.client is not None:
+                    relay._forward(relay.front, data, relay.client)  # type: ignore[arg-type]
+
+        self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
+        self.addr = self.front.get_extra_info("sockname")[:2]
+        return self.addr
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.client = addr
+        self._forward(self.back, data, self.target)  # type: ignore[arg-type]
+
+    def _forward(self, transport: asyncio.DatagramTransport, data: bytes, to: tuple) -> None:
+        rng = self.rng
+        if rng.random() < self.loss:
+            self.dropped += 1
+            return
+        if rng.random() < self.reorder:
+            self.reordered += 1
+            self._held.append((transport, data, to))  # sent after the next datagram
+            return
+        copies = 2 if rng.random() < self.duplicate else 1
+        self.duplicated += copies - 1
+        for _ in range(copies):
+            transport.sendto(data, to)
+            self.forwarded += 1
+        held, self._held = self._held, []
+        for t, d, a in held:
+            t.sendto(d, a)
+
+    def close(self) -> None:
+        for t in (self.front, self.back):
+            if t is not None:
+                t.close()
+
+
+def iter_types(msgs: list) -> Iterator[str]:
+    return (T(m.type).name for m in msgs)
