@@ -213,14 +213,19 @@ class P2PServer:
         self._require_node().request_peers(node_id, self._now(), full_info=full_info)
         self._flush()
 
-    async def messages(self) -> AsyncIterator[DataReceived]:
-        """Application data addressed to this node, in arrival order."""
+    def messages(self) -> AsyncIterator[DataReceived]:
+        """Application data addressed to this node, in arrival order
+        (``async for msg in server.messages()``). Delivery starts when this is called."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             if self.node is not None:
                 self.node.app_attached = True
+        return self._iter_messages(self._queue)
+
+    @staticmethod
+    async def _iter_messages(queue: asyncio.Queue) -> AsyncIterator[DataReceived]:
         while True:
-            yield await self._queue.get()
+            yield await queue.get()
 
     def get_stats(self) -> ServerStats:
         return self._require_node().get_stats(self._now())

@@ -4,6 +4,7 @@ a seeded lossy UDP relay. Everything binds 127.0.0.1 only and is bounded in time
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import re
@@ -16,6 +17,17 @@ from typing import Iterator
 
 from p2pfast._speedups import codec
 from p2pfast.protocol import MessageType as T
+
+def on_uvloop(fn):
+    """Run an async test on a fresh uvloop loop (as p2pfast-server does), bounded to 60 s."""
+    from p2pfast.server import run
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return run(asyncio.wait_for(fn(*args, **kwargs), 60))
+
+    return wrapper
+
 
 READY = re.compile(r"listening on (\S+):(\d+) node_id=(\S+)")
 
