@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from .node import Node
@@ -24,7 +25,9 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self.node = node
         self._on_events = on_events
         self._loop = asyncio.get_running_loop()
-        self._time = self._loop.time
+        # time.monotonic, not loop.time(): uvloop's clock is cached per iteration at 1 ms
+        # resolution, too coarse for RTT samples.
+        self._time = time.monotonic
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
@@ -86,7 +89,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         when = self.node.get_timer()
         if when != _INF:
             self._timer_at = when
-            self._timer = self._loop.call_at(when, self._fire)
+            self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None

@@ -70,6 +70,24 @@ class WindowOpened(Event):
 
 
 @dataclass(slots=True)
+class PongReceived(Event):
+    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds."""
+
+    node_id: str
+    rtt: float
+
+
+@dataclass(slots=True)
+class PeerListReceived(Event):
+    """A peer sent its peer list: ``entries`` are PeerInfo (DiscoveryResponse) or NodeInfo
+    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth."""
+
+    node_id: str
+    entries: list
+    full_info: bool
+
+
+@dataclass(slots=True)
 class ConnectFailed(Event):
     """An outgoing handshake to ``addr`` was refused (``reason`` is the peer's error text) or timed out."""
 
@@ -83,6 +101,8 @@ __all__ = [
     "Event",
     "PeerConnected",
     "PeerDisconnected",
+    "PeerListReceived",
+    "PongReceived",
     "SendCompleted",
     "SendFailed",
     "WindowOpened",

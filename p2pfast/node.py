@@ -29,6 +29,8 @@ from .events import (
     Event,
     PeerConnected,
     PeerDisconnected,
+    PeerListReceived,
+    PongReceived,
     SendCompleted,
     SendFailed,
     WindowOpened,
@@ -121,6 +123,7 @@ class Peer:
         "peerinfo_prefix",
         "nodeinfo_json",
         "window_blocked",
+        "ping_sent_at",
     )
 
     def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
@@ -142,6 +145,7 @@ class Peer:
         self.next_seq = 1
         self.gap_at = _INF
         self.window_blocked = False
+        self.ping_sent_at = 0.0  # when our last ping() was sent, 0.0 if none is pending
         # Pre-serialized list entries (keys sorted, as the Rust server emits them).
         self.peerinfo_prefix = (
             b'{"addr":"%s","capabilities":%s,"id":"%s","last_seen":'
@@ -305,11 +309,11 @@ class Node:
             self._on_handshake_request,
             self._on_handshake_response,
             self._on_ping,
-            self._on_ignored,  # Pong: liveness is refreshed by every datagram
+            self._on_pong,
             self._on_discovery_request,
             self._on_discovery_response,
             self._on_list_request,
-            self._on_ignored,  # ListNodesResponse
+            self._on_list_response,
             self._on_data,
             self._on_error,
             self._on_disconnect,
@@ -608,6 +612,18 @@ class Node:
     def _on_ping(self, peer: Peer, msg: Any, now: float) -> None:
         self._queue(encode_bare(T_PONG, int(now + self.wall_offset)), peer, T_PONG)
 
+    def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
+        # Liveness is refreshed by every datagram; a pending ping() also gets its RTT.
+        if peer.ping_sent_at:
+            self._events.append(PongReceived(peer.node_id, now - peer.ping_sent_at))
+            peer.ping_sent_at = 0.0
+
+    def _on_list_response(self, peer: Peer, msg: Any, now: float) -> None:
+        payload = msg.payload
+        nodes = payload.get("nodes") if type(payload) is dict else None
+        if type(nodes) is list:
+            self._events.append(PeerListReceived(peer.node_id, nodes, True))
+
     def _on_discovery_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
         others = [p for p in self.peers_by_id.values() if p is not peer]
@@ -638,6 +654,7 @@ class Node:
         if type(entries) is not list:
             self.counters.reject("bad_payload")
             return
+        self._events.append(PeerListReceived(peer.node_id, entries, False))
         for entry in entries[: self.config.max_routes]:
             if type(entry) is not dict:
                 continue
@@ -942,6 +959,7 @@ class Node:
         peer = self.peers_by_id.get(node_id)
         if peer is None:
             raise SendError("no_route", f"not connected to {node_id}")
+        peer.ping_sent_at = now
         self._queue(encode_bare(T_PING, int(now + self.wall_offset)), peer, T_PING)
 
     def request_peers(self, node_id: str, now: float, *, full_info: bool = False) -> None:

@@ -7,6 +7,7 @@ import errno
 import logging
 import socket
 import sys
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .addr import parse_addr
@@ -18,6 +19,8 @@ from .events import (
     DataReceived,
     PeerConnected,
     PeerDisconnected,
+    PeerListReceived,
+    PongReceived,
     SendCompleted,
     SendFailed,
     WindowOpened,
@@ -60,6 +63,8 @@ class P2PServer:
         self._connects: dict[tuple, list[asyncio.Future]] = {}
         self._sends: dict[str, asyncio.Future] = {}
         self._window_waiters: dict[str, asyncio.Event] = {}
+        self._pings: dict[str, list[asyncio.Future]] = {}
+        self._lists: dict[tuple[str, bool], list[asyncio.Future]] = {}
         self._stopped: asyncio.Event | None = None
         self.dropped_messages = 0
 
@@ -103,7 +108,7 @@ class P2PServer:
             raise BindError(f"cannot listen on {self.config.listen_address}: {reason}") from None
         _tune_buffers(sock)
         bound = sock.getsockname()[:2]
-        node = Node(self.config, now=loop.time(), local_addr=bound)
+        node = Node(self.config, now=self._now(), local_addr=bound)
         node.app_attached = self._on_data is not None or self._queue is not None
         self.node = node
         endpoint = NodeEndpoint(node, self._dispatch_events)
@@ -200,9 +205,42 @@ class P2PServer:
 
         await asyncio.wait_for(attempt(), timeout)
 
-    async def ping(self, node_id: str) -> None:
+    async def ping(self, node_id: str, timeout: float = 5.0) -> float:
+        """Ping a connected peer; return the round-trip time in seconds."""
+        fut = self._expect(self._pings, node_id)
         self._require_node().ping(node_id, self._now())
         self._flush()
+        return await self._wait(self._pings, node_id, fut, timeout)
+
+    async def list_peers(self, node_id: str, *, full_info: bool = False, timeout: float = 5.0) -> list:
+        """Ask ``node_id`` for its peer list and return the first datagram's worth of it:
+        PeerInfo objects, or NodeInfo objects with ``full_info`` (ListNodesRequest)."""
+        key = (node_id, full_info)
+        fut = self._expect(self._lists, key)
+        self.request_peers(node_id, full_info=full_info)
+        return await self._wait(self._lists, key, fut, timeout)
+
+    def _expect(self, table: dict, key: Any) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        table.setdefault(key, []).append(fut)
+        return fut
+
+    @staticmethod
+    async def _wait(table: dict, key: Any, fut: asyncio.Future, timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            waiters = table.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del table[key]
+
+    @staticmethod
+    def _resolve(table: dict, key: Any, value: Any) -> None:
+        for fut in table.pop(key, ()):
+            if not fut.done():
+                fut.set_result(value)
 
     async def disconnect(self, node_id: str, reason: str = "disconnect") -> None:
         self._require_node().disconnect(node_id, self._now(), reason)
@@ -232,8 +270,9 @@ class P2PServer:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return (self._loop or asyncio.get_running_loop()).time()
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()  # the clock the endpoint feeds the engine
 
     def _require_node(self) -> Node:
         if self.node is None:
@@ -272,6 +311,10 @@ class P2PServer:
                     if not fut.done():
                         exc_type = TimeoutError if event.reason == "timeout" else ConnectionRefusedError  # type: ignore[attr-defined]
                         fut.set_exception(exc_type(f"handshake with {event.addr}: {event.reason}"))  # type: ignore[attr-defined]
+            elif kind is PongReceived:
+                self._resolve(self._pings, event.node_id, event.rtt)  # type: ignore[attr-defined]
+            elif kind is PeerListReceived:
+                self._resolve(self._lists, (event.node_id, event.full_info), event.entries)  # type: ignore[attr-defined]
             elif kind is PeerDisconnected:
                 waiter = self._window_waiters.pop(event.node_id, None)  # type: ignore[attr-defined]
                 if waiter is not None:

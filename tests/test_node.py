@@ -15,6 +15,7 @@ from p2pfast.events import (
     DataReceived,
     PeerConnected,
     PeerDisconnected,
+    PeerListReceived,
     SendCompleted,
     SendFailed,
 )
@@ -754,7 +755,7 @@ def test_p2pfast_node_joins_a_server_answering_like_the_rust_one():
     server_id = "62db9a40-67e3-4cbc-84f0-46ac12c6c5a5"
     assert list(node.peers_by_id) == [server_id]
     assert node.routes.next_hop("4b1bfa44-87cb-44de-a11e-b0d648397b65") == server_id
-    assert [type(e) for e in events(node)] == [PeerConnected]
+    assert [type(e) for e in events(node)] == [PeerConnected, PeerListReceived]
 
 
 def test_connect_refused_and_timeout_events():
