@@ -12,7 +12,7 @@ import orjson
 from p2pfast._speedups import codec
 from p2pfast.protocol import MessageType as T
 
-WIRE_EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "wire-examples.jsonl"
+WIRE_EXAMPLES = Path(__file__).resolve().parent / "data" / "wire-examples.jsonl"
 
 
 def wire_examples() -> list[dict]:
