@@ -54,7 +54,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
                 log.debug("send failed: %s", exc)
         if node._events:
             self._on_events()
-        if node.get_timer() < self._timer_at:
+        if node._next_timer < self._timer_at:
             self._arm()
 
     def error_received(self, exc: Exception) -> None:

@@ -303,6 +303,8 @@ class Node:
         self._gap_at = _INF
         self._connect_at = _INF
         self._discovery_at = now if config.enable_discovery else _INF
+        self._next_timer = _INF
+        self._retimer()
         self._log_hostile = _LogLimiter()
 
         self._handlers: list[Callable[[Peer, Any, float], None]] = [
@@ -343,8 +345,11 @@ class Node:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float:
-        """The time at which :meth:`handle_timer` should next be called."""
-        return min(
+        """The time at which :meth:`handle_timer` should next be called (``inf``: never)."""
+        return self._next_timer
+
+    def _retimer(self) -> None:
+        self._next_timer = min(
             self._heartbeat_at,
             self._housekeeping_at,
             self._stats_at,
@@ -396,6 +401,8 @@ class Node:
                 self._gapped.add(peer)
                 if due < self._gap_at:
                     self._gap_at = due
+                    if due < self._next_timer:
+                        self._next_timer = due
         if msg.requires_ack:
             self._send_ack(msg.id, addr, now)
         self._handlers[mtype](peer, msg, now)
@@ -872,6 +879,7 @@ class Node:
         pending = _PendingConnect(msg_id, data, now + self.config.rto_initial)
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
+        self._next_timer = min(self._next_timer, pending.next_at)
         self._out.append((data, addr))
         self.counters.tx_by_type[T_HANDSHAKE_REQUEST] += 1
 
@@ -953,6 +961,8 @@ class Node:
             deadline = win.next_deadline()
             if deadline < self._window_at:
                 self._window_at = deadline
+                if deadline < self._next_timer:
+                    self._next_timer = deadline
         self._queue(data, peer, T_DATA)
 
     def ping(self, node_id: str, now: float) -> None:
@@ -997,6 +1007,7 @@ class Node:
         self._heartbeat_at = self._housekeeping_at = self._stats_at = _INF
         self._broadcast_at = self._window_at = self._gap_at = self._connect_at = _INF
         self._discovery_at = _INF
+        self._next_timer = _INF
 
     # ------------------------------------------------------------------------------------
     # Timers
@@ -1023,6 +1034,7 @@ class Node:
         if now >= self._stats_at:
             self._log_stats(now)
             self._stats_at = now + self.config.stats_interval
+        self._retimer()
 
     def _run_windows(self, now: float) -> None:
         earliest = _INF
@@ -1122,6 +1134,8 @@ class Node:
         if self._broadcast_latest == _INF:
             self._broadcast_latest = now + 10 * delay
         self._broadcast_at = min(now + delay, self._broadcast_latest)
+        if self._broadcast_at < self._next_timer:
+            self._next_timer = self._broadcast_at
 
     def _run_broadcast(self, now: float) -> None:
         """Tell every peer about the peers that joined since the last broadcast (or, after a
