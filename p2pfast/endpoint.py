@@ -31,6 +31,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
+        self._acks_scheduled = False
         self.send_errors = 0
 
     # -- asyncio callbacks -------------------------------------------------------------
@@ -44,10 +45,14 @@ class NodeEndpoint(asyncio.DatagramProtocol):
             addr = addr[:2]
         node = self.node
         node.receive_datagram(data, addr, self._time())
+        if node.ack_peers and not self._acks_scheduled:
+            # Coalesce acks to p2pfast peers over this batch of datagrams.
+            self._acks_scheduled = True
+            self._loop.call_soon(self._flush_acks)
         if node._out:
             sendto = self.transport.sendto  # type: ignore[union-attr]
             try:
-                for item in node.datagrams_to_send():
+                for item in node.datagrams_to_send(flush_acks=False):
                     sendto(*item)
             except (OSError, ValueError) as exc:
                 self.send_errors += 1
@@ -83,6 +88,10 @@ class NodeEndpoint(asyncio.DatagramProtocol):
             self._on_events()
         if node.get_timer() != self._timer_at:
             self._arm()
+
+    def _flush_acks(self) -> None:
+        self._acks_scheduled = False
+        self.flush()
 
     def _arm(self) -> None:
         self._cancel_timer()

@@ -79,6 +79,9 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 AMPLIFICATION_FACTOR = 3
 #: Room left in a datagram for the envelope around a list payload.
 ENVELOPE_OVERHEAD = 256
+#: Coalesced Acks carry at most this many ranges, each at most this long.
+MAX_ACK_RANGES = 64
+MAX_ACK_RANGE_LEN = 4096
 #: Retransmit requests carry at most this many sequence numbers.
 MAX_RETRANSMIT_REQUEST = 64
 #: Outgoing handshakes: attempts before ConnectFailed.
@@ -177,6 +180,9 @@ class Node:
         self._announce: list[Peer] = []  # joined since the last broadcast
         self._removed_since_broadcast = False
         self._inflight: set[Peer] = set()
+        #: Peers owed a coalesced Ack (see :meth:`flush_acks`).
+        self.ack_peers: list[Peer] = []
+        self._ack_now = now
         self._gapped: set[Peer] = set()
 
         self._heartbeat_at = now + config.heartbeat_interval
@@ -215,8 +221,14 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Output side of the sans-I/O interface
 
-    def datagrams_to_send(self) -> list[tuple[bytes, tuple]]:
-        """Take the datagrams queued since the last call, as ``(data, addr)`` pairs."""
+    def datagrams_to_send(self, *, flush_acks: bool = True) -> list[tuple[bytes, tuple]]:
+        """Take the datagrams queued since the last call, as ``(data, addr)`` pairs.
+
+        Acks owed to p2pfast peers are coalesced: they are encoded here when ``flush_acks``
+        is true, or by :meth:`flush_acks`, which an I/O shell calls once per batch of datagrams.
+        """
+        if flush_acks and self.ack_peers:
+            self.flush_acks()
         out = self._out
         if out:
             self._out = []
@@ -279,7 +291,10 @@ class Node:
             if dup.check(seq) != NEW:
                 counters.duplicates += 1
                 if msg.requires_ack:  # the first Ack may have been lost: ack again
-                    self._send_ack(msg.id, addr, now)
+                    if peer.p2pfast:
+                        self._owe_ack(peer, seq, msg.id, now)
+                    else:
+                        self._send_ack(msg.id, addr, now)
                 return
             if seq > highest + 1 and highest >= 0 and peer.gap_at == _INF:
                 peer.gap_at = due = now + self.config.gap_delay
@@ -289,7 +304,10 @@ class Node:
                     if due < self._next_timer:
                         self._next_timer = due
         if msg.requires_ack:
-            self._send_ack(msg.id, addr, now)
+            if peer.p2pfast and seq is not None and mtype != T_HANDSHAKE_REQUEST:
+                self._owe_ack(peer, seq, msg.id, now)
+            else:
+                self._send_ack(msg.id, addr, now)
         self._handlers[mtype](peer, msg, now)
 
     def _send_ack(self, msg_id: str, addr: tuple, now: float) -> None:
@@ -298,6 +316,47 @@ class Node:
         counters = self.counters
         counters.acks_sent += 1
         counters.tx_by_type[T_ACK] += 1
+
+    def _owe_ack(self, peer: Peer, seq: int, msg_id: str, now: float) -> None:
+        pending = peer.pending_acks
+        if not pending:
+            self.ack_peers.append(peer)
+        pending.append(seq)
+        peer.pending_ack_id = msg_id
+        self._ack_now = now
+
+    def flush_acks(self) -> None:
+        """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
+        ranges in the payload (``{"seq": [[lo, hi], ...]}``); ``ack_for`` is the newest id."""
+        ts = int(self._ack_now + self.wall_offset)
+        counters = self.counters
+        for peer in self.ack_peers:
+            seqs = peer.pending_acks
+            peer.pending_acks = []
+            seqs.sort()
+            ranges: list[list[int]] = []
+            lo = hi = seqs[0]
+            for seq in seqs:
+                if seq > hi + 1:
+                    ranges.append([lo, hi])
+                    lo = seq
+                hi = seq
+            ranges.append([lo, hi])
+            for start in range(0, len(ranges), MAX_ACK_RANGES):
+                data = encode_raw(
+                    T_ACK,
+                    dump_payload({"seq": ranges[start : start + MAX_ACK_RANGES]}),
+                    ts,
+                    None,
+                    self.local_addr_str,
+                    None,
+                    False,
+                    peer.pending_ack_id,
+                )
+                self._out.append((data, peer.addr))
+                counters.tx_by_type[T_ACK] += 1
+            counters.acks_sent += len(seqs)
+        self.ack_peers = []
 
     def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
         """Serve an address with no session: HandshakeRequest, Ping, Disconnect, the reply to a
@@ -663,16 +722,41 @@ class Node:
         ack_for = msg.ack_for
         if ack_for is None:
             return
-        self.counters.acks_received += 1
         win = peer.window
-        if win.on_ack(ack_for, now) < 0:
-            return
-        self._events.append(SendCompleted(ack_for))
+        payload = msg.payload
+        if type(payload) is dict and peer.p2pfast:
+            self._on_ack_ranges(peer, payload.get("seq"), now)
+        else:
+            self.counters.acks_received += 1
+            if win.on_ack(ack_for, now) < 0:
+                return
+            self._events.append(SendCompleted(ack_for))
         if peer.window_blocked:
             peer.window_blocked = False
             self._events.append(WindowOpened(peer.node_id))
         if not len(win):
             self._inflight.discard(peer)
+
+    def _on_ack_ranges(self, peer: Peer, ranges: Any, now: float) -> None:
+        """A coalesced Ack: ``[[lo, hi], ...]`` sequence numbers, bounded in count and length."""
+        if type(ranges) is not list:
+            self.counters.reject("bad_payload")
+            return
+        win = peer.window
+        events = self._events
+        acked = 0
+        for item in ranges[:MAX_ACK_RANGES]:
+            if type(item) is not list or len(item) != 2:
+                continue
+            lo, hi = item
+            if type(lo) is not int or type(hi) is not int or not 0 <= hi - lo < MAX_ACK_RANGE_LEN:
+                continue
+            for seq in range(lo, hi + 1):
+                msg_id = win.on_ack_seq(seq, now)
+                if msg_id is not None:
+                    acked += 1
+                    events.append(SendCompleted(msg_id))
+        self.counters.acks_received += acked
 
     def _on_retransmit(self, peer: Peer, msg: Any, now: float) -> None:
         """Answer a Retransmit request from the send window (``{"sequence_numbers": [..]}``)."""

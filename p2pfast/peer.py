@@ -38,6 +38,8 @@ class Peer:
         "nodeinfo_json",
         "window_blocked",
         "ping_sent_at",
+        "pending_acks",
+        "pending_ack_id",
     )
 
     def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
@@ -60,6 +62,9 @@ class Peer:
         self.gap_at = _INF
         self.window_blocked = False
         self.ping_sent_at = 0.0  # when our last ping() was sent, 0.0 if none is pending
+        # Coalesced acknowledgements owed to a p2pfast peer: sequence numbers, last message id.
+        self.pending_acks: list[int] = []
+        self.pending_ack_id = ""
         # Pre-serialized list entries (keys sorted, as the Rust server emits them).
         self.peerinfo_prefix = (
             b'{"addr":"%s","capabilities":%s,"id":"%s","last_seen":'

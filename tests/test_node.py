@@ -784,3 +784,47 @@ def test_stats_count_types_bytes_and_rejections():
     assert stats.messages_sent["Pong"] == 1 and stats.messages_sent["Ack"] == 1
     assert stats.rejected == {"not_json": 1}
     assert stats.bytes_in > 0 and stats.bytes_out > 0 and stats.datagrams_in == 3
+
+
+def test_acks_to_p2pfast_peers_are_coalesced_into_ranges():
+    server, client, server_id, _ = pair()
+    server.app_attached = True
+    for i in range(6):
+        client.send_data(server_id, i, T0)
+    out = client.datagrams_to_send()
+    for i in (0, 1, 2, 4, 5):  # the fourth message is lost
+        server.receive_datagram(out[i][0], client.local_addr, T0)
+    assert server.datagrams_to_send(flush_acks=False) == []  # owed, not yet sent
+    acks = decoded(server.datagrams_to_send())
+    assert types(acks) == ["Ack"]
+    assert acks[0].payload == {"seq": [[1, 3], [5, 6]]}
+    assert server.counters.acks_sent == 5
+    client.receive_datagram(encode_ack_ranges(acks[0]), SERVER, T0 + 0.01)
+    done = [e for e in events(client) if isinstance(e, SendCompleted)]
+    assert len(done) == 5 and len(client.peers_by_id[server_id].window) == 1
+
+
+def encode_ack_ranges(msg) -> bytes:
+    return codec.encode(T.Ack, msg.payload, msg.timestamp, id=msg.id, ack_for=msg.ack_for)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"seq": [[0, 2**32]]}, {"seq": [[5, 1]]}, {"seq": "x"}, {"seq": [["a", "b"], [1]]}, {"seq": [[1, 1]] * 10_000}],
+)
+def test_hostile_ack_ranges_are_bounded(payload):
+    server, client, server_id, _ = pair()
+    client.send_data(server_id, "x", T0)
+    client.datagrams_to_send()
+    ack = codec.encode(T.Ack, payload, 1, ack_for=str(uuid.uuid4()))
+    client.receive_datagram(ack, SERVER, T0)
+    assert client.counters.acks_received <= 1
+
+
+def test_seed_peers_get_one_ack_per_message():
+    node = make_node(echo=False)
+    join(node, ALICE, "alice")
+    for seq in (1, 2, 3):
+        node.receive_datagram(envelope("Data", "x", seq=seq, requires_ack=True), ALICE, T0)
+    msgs = decoded(node.datagrams_to_send())
+    assert types(msgs) == ["Ack", "Ack", "Ack"] and all(m.payload is None for m in msgs)
