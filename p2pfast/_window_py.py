@@ -78,7 +78,7 @@ class DuplicateFilter:
         """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
         oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
         highest = self._highest
-        if highest < 0:
+        if highest < 0 or limit <= 0:
             return []
         start = max(self._lowest, highest - self.width + 1)
         bits = self._bits
@@ -122,6 +122,7 @@ class SendWindow:
         "srtt",
         "rttvar",
         "rto",
+        "_sampled",
         "_by_seq",
         "_by_id",
         "_earliest",
@@ -149,6 +150,7 @@ class SendWindow:
         self.granularity = granularity
         self.srtt = 0.0  # 0.0 until the first sample
         self.rttvar = 0.0
+        self._sampled = False  # not srtt == 0.0: a first sample of 0.0 is still a sample
         self.rto = min(max(rto_initial, rto_min), rto_max)
         self._by_seq: dict[int, _InFlight] = {}
         self._by_id: dict[str, _InFlight] = {}
@@ -207,10 +209,11 @@ class SendWindow:
     def _sample(self, rtt: float) -> None:
         if rtt < 0.0:
             rtt = 0.0
-        if self.srtt == 0.0 and self.rttvar == 0.0:
+        if not self._sampled:  # RFC 6298 (2.2): first measurement
+            self._sampled = True
             self.srtt = rtt
             self.rttvar = rtt / 2.0
-        else:
+        else:  # (2.3)
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
         rto = self.srtt + max(self.granularity, 4.0 * self.rttvar)

@@ -1,0 +1,517 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""Compiled reliability windows: receive-side duplicate filter and send-side retransmit window.
+
+Twin of :mod:`p2pfast._window_py` (same names, same behaviour, same return values, same
+exceptions, bit-identical RTO arithmetic; checked by the parametrized tests). Neither class reads
+a clock: every time-dependent call takes ``now`` (seconds, any monotonic origin).
+
+Differences from the pure twin, all outside what the protocol uses (u32 sequence numbers,
+float clocks):
+
+* ``DuplicateFilter`` keeps sequence numbers as unsigned 64-bit C integers: ``check`` raises
+  ``OverflowError`` for a number >= 2**64 (the pure twin accepts any size); a negative number
+  raises ``ValueError`` in both; ``contains`` answers ``False`` for anything outside
+  0..2**64-1 in both. Non-integers raise ``TypeError`` (the pure twin happens to accept floats).
+* ``SendWindow`` stores times and RTO values as C doubles: ``now``, ``rto_*`` and
+  ``granularity`` may be ints but are read back as floats; ``capacity`` and ``max_retries`` must
+  be ints. Sequence numbers, message ids and datagrams are kept as the objects given.
+* Both classes pickle (explicit ``__reduce__``); ``copy.copy`` of a compiled window is an
+  independent copy, where the pure twin's shallow copy would share its dicts.
+"""
+
+cimport cython
+from cpython.dict cimport PyDict_Size
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memset
+
+cdef extern from "Python.h":
+    PyObject* PyDict_SetDefault(object, object, object) except NULL
+    bint PyLong_Check(object)
+    object PyNumber_Index(object)
+
+from p2pfast.errors import WindowFull
+
+cdef extern from *:
+    """
+    #if defined(_MSC_VER) && !defined(__clang__)
+    #include <intrin.h>
+    #endif
+
+    /* Index of the lowest set bit of a non-zero word. */
+    static inline int p2p_ctz64(uint64_t x) {
+    #if defined(__GNUC__) || defined(__clang__)
+        return __builtin_ctzll(x);
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_ARM64))
+        unsigned long i;
+        _BitScanForward64(&i, x);
+        return (int)i;
+    #else
+        int n = 0;
+        while (!(x & 1)) { x >>= 1; n++; }
+        return n;
+    #endif
+    }
+
+    /* wa*a + wb*b with each product rounded to double on its own, exactly as Python evaluates
+       it: the volatile stores stop the compiler from fusing a product and the sum into one FMA
+       (GCC/Clang do that by default on arm64), which would change the last bit of the RTO. */
+    static double p2p_wsum(double wa, double a, double wb, double b) {
+        volatile double x = wa * a;
+        volatile double y = wb * b;
+        return x + y;
+    }
+    """
+    int p2p_ctz64(uint64_t x) noexcept nogil
+    double p2p_wsum(double wa, double a, double wb, double b) noexcept nogil
+
+
+#: ``DuplicateFilter.check`` results.
+NEW = 0
+DUPLICATE = 1
+TOO_OLD = 2
+
+cdef enum:
+    _NEW = 0
+    _DUPLICATE = 1
+    _TOO_OLD = 2
+
+cdef double _INF = float("inf")
+cdef uint64_t _ONE = 1
+
+
+cdef class DuplicateFilter:
+    """Sliding-window duplicate detection over sequence numbers (RFC 4303 §3.4.3 style).
+
+    Remembers the last ``width`` numbers up to the highest seen, in fixed memory. A number
+    above the highest slides the window (a jump of ``width`` or more clears it); one that has
+    fallen out of the window is ``TOO_OLD`` (it may or may not be a duplicate, so it must not be
+    delivered).
+
+    The window is a ring bitmap of ``width`` bits in ``width // 64`` machine words, bit
+    ``seq & (width - 1)`` for ``seq``; sliding clears the bits of the numbers that left it.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._words = NULL
+        self._alloc(1024)  # so the C paths never see NULL, even before/without __init__
+
+    def __init__(self, width=1024):
+        if width < 64 or width > 1 << 20 or width & (width - 1):
+            raise ValueError("width must be a power of two between 64 and 1048576")
+        self._alloc(width)
+
+    def __dealloc__(self):
+        PyMem_Free(self._words)
+        self._words = NULL
+
+    cdef int _alloc(self, Py_ssize_t width) except -1:
+        cdef Py_ssize_t nwords = width >> 6
+        cdef uint64_t* words
+        if self._words == NULL or self._nwords != nwords:
+            words = <uint64_t*>PyMem_Calloc(<size_t>nwords, sizeof(uint64_t))
+            if words == NULL:
+                raise MemoryError()
+            PyMem_Free(self._words)
+            self._words = words
+        else:
+            memset(self._words, 0, <size_t>nwords * sizeof(uint64_t))
+        self.width = width
+        self._nwords = nwords
+        self._mask = <uint64_t>width - 1
+        self._highest = 0
+        self._lowest = 0
+        self._empty = True
+        return 0
+
+    def __reduce__(self):
+        # Picklable/copyable like the pure twin (the bitmap is a C array, so not automatic);
+        # the words travel as Python ints, so a pickle is portable across byte orders.
+        cdef Py_ssize_t i
+        words = tuple([self._words[i] for i in range(self._nwords)])
+        return _restore_filter, (self.width, self.highest, self._lowest, words)
+
+    @property
+    def highest(self):
+        """Highest sequence number accepted so far, -1 before the first."""
+        if self._empty:
+            return -1
+        return self._highest
+
+    cdef int check_seq(self, uint64_t seq) noexcept:
+        """C-level :meth:`check` for a number already known to be in 0..2**64-1."""
+        cdef uint64_t h = self._highest
+        cdef uint64_t mask = self._mask
+        cdef uint64_t* words = self._words
+        cdef uint64_t pos, n, k, bit, shift
+        if self._empty:
+            self._empty = False
+            self._highest = seq
+            self._lowest = seq
+            pos = seq & mask
+            words[pos >> 6] |= _ONE << (pos & 63)
+            return _NEW
+        if seq > h:
+            shift = seq - h
+            if shift >= <uint64_t>self.width:
+                memset(words, 0, <size_t>self._nwords * sizeof(uint64_t))
+            elif shift > 1:
+                # Forget the numbers h+1-width .. seq-1-width: clear ring slots h+1 .. seq-1
+                # (slot seq is overwritten below).
+                pos = (h + 1) & mask
+                n = shift - 1
+                while n:
+                    bit = pos & 63
+                    k = 64 - bit
+                    if k > n:
+                        k = n
+                    if k == 64:
+                        words[pos >> 6] = 0
+                    else:
+                        words[pos >> 6] &= ~(((_ONE << k) - 1) << bit)
+                    pos = (pos + k) & mask
+                    n -= k
+            # Slot seq held seq-width, which just left the window: setting it is all it needs.
+            pos = seq & mask
+            words[pos >> 6] |= _ONE << (pos & 63)
+            self._highest = seq
+            return _NEW
+        if h - seq >= <uint64_t>self.width:
+            return _TOO_OLD
+        pos = seq & mask
+        bit = _ONE << (pos & 63)
+        if words[pos >> 6] & bit:
+            return _DUPLICATE
+        words[pos >> 6] |= bit
+        if seq < self._lowest:
+            self._lowest = seq
+        return _NEW
+
+    cdef bint contains_seq(self, uint64_t seq) noexcept:
+        """C-level :meth:`contains`."""
+        cdef uint64_t pos
+        if self._empty or seq > self._highest or self._highest - seq >= <uint64_t>self.width:
+            return False
+        pos = seq & self._mask
+        return (self._words[pos >> 6] >> (pos & 63)) & 1
+
+    def check(self, seq):
+        """Classify ``seq`` and record it: ``NEW`` (deliver), ``DUPLICATE`` or ``TOO_OLD`` (drop).
+
+        Raises ``ValueError`` for a negative number, ``OverflowError`` for one >= 2**64.
+        """
+        cdef uint64_t s
+        if not PyLong_Check(seq):
+            seq = PyNumber_Index(seq)  # TypeError for floats, strings, None
+        try:
+            s = seq
+        except OverflowError:
+            if seq < 0:
+                raise ValueError("sequence numbers are non-negative") from None
+            raise
+        return self.check_seq(s)
+
+    def contains(self, seq):
+        """True when ``seq`` is inside the window and was seen (does not record anything)."""
+        cdef uint64_t s
+        if not PyLong_Check(seq):
+            seq = PyNumber_Index(seq)
+        try:
+            s = seq
+        except OverflowError:  # negative or >= 2**64: never inside the window
+            return False
+        return self.contains_seq(s)
+
+    def missing(self, Py_ssize_t limit=64):
+        """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
+        oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
+        cdef list out = []
+        cdef uint64_t h, seq, pos, inv, span
+        cdef uint64_t mask = self._mask
+        cdef uint64_t* words = self._words
+        cdef Py_ssize_t count = 0
+        if self._empty or limit <= 0:
+            return out
+        h = self._highest
+        seq = self._lowest
+        if h >= <uint64_t>self.width - 1 and h - (<uint64_t>self.width - 1) > seq:
+            seq = h - (<uint64_t>self.width - 1)  # the window's floor
+        while seq < h:
+            pos = seq & mask
+            span = 64 - (pos & 63)  # slots left in this word from pos
+            inv = (~words[pos >> 6]) >> (pos & 63)  # unseen slots from pos on (zeros shifted in)
+            if inv == 0:
+                seq += span
+                continue
+            seq += <uint64_t>p2p_ctz64(inv)
+            if seq >= h:
+                break
+            out.append(seq)
+            count += 1
+            if count >= limit:
+                break
+            seq += 1
+        return out
+
+
+def _restore_filter(width, highest, lowest, tuple words):
+    """Unpickle a :class:`DuplicateFilter` (see ``DuplicateFilter.__reduce__``)."""
+    cdef DuplicateFilter f = DuplicateFilter(width)
+    cdef Py_ssize_t i
+    if len(words) != f._nwords:
+        raise ValueError("bitmap size does not match the width")
+    for i in range(f._nwords):
+        f._words[i] = words[i]
+    if highest >= 0:
+        f._empty = False
+        f._highest = highest
+        f._lowest = lowest
+    return f
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _InFlight:
+    pass
+
+
+cdef class SendWindow:
+    """Messages sent with ``requires_ack`` that are not yet acknowledged, for one peer.
+
+    The retransmission timeout follows RFC 6298: SRTT/RTTVAR smoothing from RTT samples,
+    Karn's rule (no sample from a message that was sent more than once), exponential backoff
+    on every timeout, bounded by ``rto_min``/``rto_max``. A message that times out after
+    ``max_retries`` retransmissions fails. At ``capacity`` messages the window is full and
+    :meth:`add` raises :class:`~p2pfast.errors.WindowFull` (backpressure).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._by_seq = {}
+        self._by_id = {}
+        self._earliest = _INF
+
+    def __init__(
+        self,
+        Py_ssize_t capacity=256,
+        Py_ssize_t max_retries=8,
+        double rto_initial=1.0,
+        double rto_min=0.2,
+        double rto_max=60.0,
+        double granularity=0.001,
+    ):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if max_retries < 0:
+            raise ValueError("max_retries must be non-negative")
+        if not (0 < rto_min and rto_min <= rto_max):
+            raise ValueError("need 0 < rto_min <= rto_max")
+        self.capacity = capacity
+        self.max_retries = max_retries
+        self.rto_min = rto_min
+        self.rto_max = rto_max
+        self.granularity = granularity
+        self.srtt = 0.0  # 0.0 until the first sample
+        self.rttvar = 0.0
+        self._sampled = False
+        # min(max(rto_initial, rto_min), rto_max), with Python's min/max tie rules
+        if rto_min > rto_initial:
+            rto_initial = rto_min
+        if rto_max < rto_initial:
+            rto_initial = rto_max
+        self.rto = rto_initial
+        self._by_seq = {}
+        self._by_id = {}
+        self._earliest = _INF
+
+    def __reduce__(self):
+        # Picklable/copyable like the pure twin (a non-trivial __cinit__ rules out Cython's own).
+        cdef _InFlight e
+        entries = [(e.seq, e.msg_id, e.data, e.sent_at, e.deadline, e.retries) for e in self._by_seq.values()]
+        params = (self.capacity, self.max_retries, self.rto, self.rto_min, self.rto_max, self.granularity)
+        state = (self.srtt, self.rttvar, self.rto, self._sampled, self._earliest, entries)
+        return _restore_send, (params, state)
+
+    def __len__(self):
+        return PyDict_Size(self._by_seq)
+
+    def __contains__(self, seq):
+        return seq in self._by_seq
+
+    @property
+    def available(self):
+        """How many more messages fit before the window is full."""
+        return self.capacity - PyDict_Size(self._by_seq)
+
+    @property
+    def full(self):
+        return PyDict_Size(self._by_seq) >= self.capacity
+
+    def add(self, seq, msg_id, data, double now):
+        """Track a message just sent; raise WindowFull at capacity, ValueError if ``seq`` or ``msg_id`` is already in flight."""
+        cdef dict by_seq = self._by_seq
+        cdef dict by_id = self._by_id
+        cdef _InFlight entry
+        cdef double deadline
+        cdef bint found
+        if PyDict_Size(by_seq) >= self.capacity:
+            raise WindowFull(f"{self.capacity} messages awaiting acknowledgement")
+        deadline = now + self.rto
+        entry = _InFlight.__new__(_InFlight)
+        entry.seq = seq
+        entry.msg_id = msg_id
+        entry.data = data
+        entry.sent_at = now
+        entry.deadline = deadline
+        entry.retries = 0
+        # Insert-if-absent: one hash lookup per dict instead of a membership test plus a store.
+        if PyDict_SetDefault(by_seq, seq, entry) is not <PyObject*>entry:
+            raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
+        try:
+            found = PyDict_SetDefault(by_id, msg_id, entry) is not <PyObject*>entry
+        except BaseException:  # e.g. an unhashable id: leave the window as it was
+            del by_seq[seq]
+            raise
+        if found:
+            del by_seq[seq]
+            raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
+        if deadline < self._earliest:
+            self._earliest = deadline
+
+    def on_ack(self, msg_id, double now):
+        """Acknowledge by message id; return its sequence number, or -1 if it is not in flight."""
+        cdef object found = self._by_id.pop(msg_id, None)
+        cdef _InFlight entry
+        if found is None:
+            return -1
+        entry = <_InFlight>found
+        del self._by_seq[entry.seq]
+        if entry.retries == 0:  # Karn's rule: only unambiguous samples
+            self._sample(now - entry.sent_at)
+        return entry.seq
+
+    def on_ack_seq(self, seq, double now):
+        """Acknowledge by sequence number; return the message id, or None if it is not in flight."""
+        cdef object found = self._by_seq.pop(seq, None)
+        cdef _InFlight entry
+        if found is None:
+            return None
+        entry = <_InFlight>found
+        del self._by_id[entry.msg_id]
+        if entry.retries == 0:  # Karn's rule: only unambiguous samples
+            self._sample(now - entry.sent_at)
+        return entry.msg_id
+
+    cdef void _sample(self, double rtt) noexcept:
+        cdef double rto, var4
+        if rtt < 0.0:
+            rtt = 0.0
+        if not self._sampled:  # RFC 6298 (2.2): first measurement
+            self._sampled = True
+            self.srtt = rtt
+            self.rttvar = rtt / 2.0
+        else:  # (2.3), each product rounded separately as in Python
+            self.rttvar = p2p_wsum(0.75, self.rttvar, 0.25, abs(self.srtt - rtt))
+            self.srtt = p2p_wsum(0.875, self.srtt, 0.125, rtt)
+        var4 = 4.0 * self.rttvar
+        # srtt + max(granularity, 4 * rttvar), then min(max(rto, rto_min), rto_max)
+        rto = self.srtt + (var4 if var4 > self.granularity else self.granularity)
+        if self.rto_min > rto:
+            rto = self.rto_min
+        if self.rto_max < rto:
+            rto = self.rto_max
+        self.rto = rto
+
+    def get(self, seq):
+        """The datagram in flight under ``seq``, or None."""
+        cdef object found = self._by_seq.get(seq)
+        if found is None:
+            return None
+        return (<_InFlight>found).data
+
+    def resend(self, seq, double now):
+        """Take the datagram under ``seq`` for an explicit retransmission (a peer's Retransmit
+        request): it counts as retransmitted for Karn's rule and its timer restarts."""
+        cdef object found = self._by_seq.get(seq)
+        cdef _InFlight entry
+        if found is None:
+            return None
+        entry = <_InFlight>found
+        entry.retries += 1
+        entry.deadline = now + self.rto
+        if entry.deadline < self._earliest:
+            self._earliest = entry.deadline
+        return entry.data
+
+    def next_deadline(self):
+        """When :meth:`due` next has work (a lower bound; ``inf`` when nothing is in flight)."""
+        return self._earliest if PyDict_Size(self._by_seq) else _INF
+
+    def due(self, double now):
+        """Timeouts at ``now``: ``(resend, failed)``.
+
+        ``resend`` lists ``(seq, datagram)`` to send again; ``failed`` lists ``(seq, msg_id)`` of
+        messages that used up their retries and left the window. Any timeout doubles the RTO.
+        """
+        cdef list resend, failed, expired
+        cdef _InFlight entry
+        cdef double earliest, rto, deadline
+        cdef dict by_seq = self._by_seq
+        if now < self._earliest or PyDict_Size(by_seq) == 0:
+            return [], []
+        resend = []
+        failed = []
+        expired = []
+        earliest = _INF  # over the entries that stay untouched
+        for value in by_seq.values():
+            entry = <_InFlight>value
+            if entry.deadline <= now:
+                expired.append(entry)
+            elif entry.deadline < earliest:
+                earliest = entry.deadline
+        if expired:
+            rto = self.rto * 2.0
+            if self.rto_max < rto:
+                rto = self.rto_max
+            self.rto = rto
+            deadline = now + rto
+            for value in expired:
+                entry = <_InFlight>value
+                if entry.retries >= self.max_retries:
+                    del by_seq[entry.seq]
+                    del self._by_id[entry.msg_id]
+                    failed.append((entry.seq, entry.msg_id))
+                else:
+                    entry.retries += 1
+                    entry.deadline = deadline
+                    resend.append((entry.seq, entry.data))
+            if resend and deadline < earliest:
+                earliest = deadline
+        self._earliest = earliest
+        return resend, failed
+
+    def clear(self):
+        """Drop everything in flight (peer gone); return ``(seq, msg_id)`` of what was dropped."""
+        cdef list dropped = [((<_InFlight>e).seq, (<_InFlight>e).msg_id) for e in self._by_seq.values()]
+        self._by_seq.clear()
+        self._by_id.clear()
+        self._earliest = _INF
+        return dropped
+
+
+def _restore_send(params, state):
+    """Unpickle a :class:`SendWindow` (see ``SendWindow.__reduce__``)."""
+    cdef SendWindow sw = SendWindow(*params)
+    cdef _InFlight entry
+    sw.srtt, sw.rttvar, sw.rto, sw._sampled, sw._earliest, entries = state
+    for seq, msg_id, data, sent_at, deadline, retries in entries:
+        entry = _InFlight.__new__(_InFlight)
+        entry.seq = seq
+        entry.msg_id = msg_id
+        entry.data = data
+        entry.sent_at = sent_at
+        entry.deadline = deadline
+        entry.retries = retries
+        sw._by_seq[seq] = entry
+        sw._by_id[msg_id] = entry
+    return sw
