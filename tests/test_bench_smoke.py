@@ -1,0 +1,94 @@
+"""Smoke tests of ``p2pfast-bench`` as a real subprocess (no timing assertions: the numbers
+depend on the machine; only that a run completes and reports everything)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_EXTENSIONS = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "p2pfast.bench", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _unused_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_small_run_with_baseline_writes_complete_json(tmp_path: Path) -> None:
+    impl = "pure" if NO_EXTENSIONS else "compiled"
+    out = tmp_path / "bench.json"
+    proc = _bench(
+        "--peers", "4", "--duration", "1", "--window", "2", "--impl", impl,
+        "--baseline", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(out.read_text())
+
+    runs = doc["runs"]
+    p2p = [r for r in runs if r["kind"] == "p2pfast"]
+    base = [r for r in runs if r["kind"] == "baseline"]
+    assert len(p2p) == 1 and len(base) == 1
+    run = p2p[0]
+    assert run["impl"] == impl
+    assert run["handshakes"] == 4
+    assert run["completions"] > 0
+    assert run["server_cpu_us_per_msg"] is not None and run["server_cpu_us_per_msg"] > 0
+    assert run["server_peak_rss_mb"] > 0
+    assert run["server_exit_code"] == 0
+    assert base[0]["completions"] > 0
+    assert base[0]["server_cpu_us_per_msg"] is not None
+
+    ratio = doc["ratios"]["p2pfast_over_baseline"][impl]
+    assert ratio["server_cpu_us_per_msg"] > 0
+    assert doc["machine"]["cpu_count"] >= 1
+    assert "--peers 4" in doc["command"]
+    # The table reaches stdout, one row per run.
+    assert impl in proc.stdout and "baseline" in proc.stdout
+
+
+def test_unreachable_target_fails_with_one_line_error() -> None:
+    port = _unused_udp_port()
+    proc = _bench(
+        "--target", f"127.0.0.1:{port}", "--peers", "2", "--duration", "1", "--no-progress",
+        timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("p2pfast-bench: error:")
+    assert "handshake" in lines[0]
+
+
+@pytest.mark.parametrize("workload", ["ping", "routed"])
+def test_other_workloads_complete(workload: str) -> None:
+    impl = "pure" if NO_EXTENSIONS else "compiled"
+    proc = _bench(
+        "--peers", "4", "--duration", "0.5", "--window", "2", "--impl", impl,
+        "--workload", workload, "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert workload in proc.stdout
