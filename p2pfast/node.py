@@ -79,6 +79,8 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 AMPLIFICATION_FACTOR = 3
 #: Room left in a datagram for the envelope around a list payload.
 ENVELOPE_OVERHEAD = 256
+#: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
+BROADCAST_LIMIT = 64
 #: Coalesced Acks carry at most this many ranges, each at most this long.
 MAX_ACK_RANGES = 64
 MAX_ACK_RANGE_LEN = 4096
@@ -501,6 +503,8 @@ class Node:
         self.counters.handshakes += 1
         self._events.append(PeerConnected(peer.node_id, addr, info))
         self._announce.append(peer)
+        if len(self._announce) > 2 * BROADCAST_LIMIT:
+            del self._announce[:-BROADCAST_LIMIT]
         self._schedule_broadcast(now)
         log.info("peer %s (%s) connected from %s", peer.node_id, info["name"], peer.addr_str)
         return peer
@@ -1111,11 +1115,12 @@ class Node:
         removal, the current list): one datagram per peer, so the cost stays O(peers) per
         broadcast whatever the churn."""
         self._broadcast_at = self._broadcast_latest = _INF
-        announce = [p for p in self._announce if self.peers_by_addr.get(p.addr) is p]
+        # Only the newest joins fit one datagram: keep the per-broadcast work O(peers).
+        announce = [p for p in self._announce[-BROADCAST_LIMIT:] if self.peers_by_addr.get(p.addr) is p]
         self._announce = []
         if self._removed_since_broadcast:
             self._removed_since_broadcast = False
-            announce = self._sample_peers(64)
+            announce = self._sample_peers(BROADCAST_LIMIT)
         if not announce:
             return
         ts = int(now + self.wall_offset)

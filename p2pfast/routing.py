@@ -6,6 +6,8 @@ memory without limit.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class RoutingTable:
     """destination node id → (next-hop node id, distance). Direct peers are not stored here:
@@ -53,8 +55,9 @@ class RoutingTable:
 class RouteIdCache:
     """Route ids seen recently, for dropping duplicates of routed Data.
 
-    Insertion-ordered dict used as a FIFO: entries expire after ``ttl`` seconds and the oldest
-    is evicted when ``capacity`` is reached, so memory is fixed whatever the input rate.
+    An OrderedDict used as a FIFO (O(1) eviction of the oldest, unlike a plain dict whose
+    front fills with deleted slots): entries expire after ``ttl`` seconds and the oldest is
+    evicted when ``capacity`` is reached, so memory is fixed whatever the input rate.
     """
 
     __slots__ = ("capacity", "ttl", "_seen")
@@ -62,32 +65,33 @@ class RouteIdCache:
     def __init__(self, capacity: int = 65_536, ttl: float = 300.0) -> None:
         self.capacity = capacity
         self.ttl = ttl
-        self._seen: dict[str, float] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def seen(self, route_id: str, now: float) -> bool:
         """True if ``route_id`` was recorded within ``ttl``; otherwise record it and return False."""
-        stamp = self._seen.get(route_id)
-        if stamp is not None and now - stamp < self.ttl:
-            return True
+        seen = self._seen
+        stamp = seen.get(route_id)
         if stamp is not None:
-            del self._seen[route_id]
-        elif len(self._seen) >= self.capacity:
-            del self._seen[next(iter(self._seen))]
-        self._seen[route_id] = now
+            if now - stamp < self.ttl:
+                return True
+            del seen[route_id]
+        elif len(seen) >= self.capacity:
+            seen.popitem(last=False)
+        seen[route_id] = now
         return False
 
     def expire(self, now: float) -> int:
         """Drop entries older than ``ttl`` (they are in insertion order); return how many."""
         seen = self._seen
         horizon = now - self.ttl
-        doomed = []
-        for key, stamp in seen.items():  # oldest first; stop at the first fresh one
-            if stamp > horizon:
+        removed = 0
+        while seen:
+            key = next(iter(seen))
+            if seen[key] > horizon:
                 break
-            doomed.append(key)
-        for key in doomed:
             del seen[key]
-        return len(doomed)
+            removed += 1
+        return removed

@@ -829,3 +829,17 @@ def test_seed_peers_get_one_ack_per_message():
         node.receive_datagram(envelope("Data", "x", seq=seq, requires_ack=True), ALICE, T0)
     msgs = decoded(node.datagrams_to_send())
     assert types(msgs) == ["Ack", "Ack", "Ack"] and all(m.payload is None for m in msgs)
+
+
+def test_join_broadcast_is_one_bounded_datagram_per_peer():
+    node = make_node(max_connections=2000, peerlist_broadcast_debounce_ms=100)
+    for i in range(1500):
+        data, _, _ = handshake(f"p{i}")
+        node.receive_datagram(data, ("127.0.0.2", 10000 + i), T0)
+    node.datagrams_to_send()
+    node.handle_timer(T0 + 1.0)
+    out = node.datagrams_to_send()
+    assert len(out) <= 1500 and len({a for _, a in out}) == len(out)
+    assert all(len(d) <= node.config.max_datagram_size for d, _ in out)
+    listed = decoded(out[:1])[0].payload
+    assert 0 < len(listed) <= 64
