@@ -16,6 +16,9 @@ from .node import Node
 log = logging.getLogger("p2pfast")
 
 _INF = float("inf")
+# time.monotonic, not loop.time(): uvloop's clock is cached per loop iteration at 1 ms
+# resolution, too coarse for RTT samples.
+_monotonic = time.monotonic
 
 
 class NodeEndpoint(asyncio.DatagramProtocol):
@@ -25,9 +28,6 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self.node = node
         self._on_events = on_events
         self._loop = asyncio.get_running_loop()
-        # time.monotonic, not loop.time(): uvloop's clock is cached per iteration at 1 ms
-        # resolution, too coarse for RTT samples.
-        self._time = time.monotonic
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
@@ -38,25 +38,28 @@ class NodeEndpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._sendto = transport.sendto  # type: ignore[attr-defined]
         self.flush()
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id) -> (host, port)
             addr = addr[:2]
         node = self.node
-        node.receive_datagram(data, addr, self._time())
-        if node.ack_peers and not self._acks_scheduled:
-            # Coalesce acks to p2pfast peers over this batch of datagrams.
-            self._acks_scheduled = True
-            self._loop.call_soon(self._flush_acks)
-        if node._out:
-            sendto = self.transport.sendto  # type: ignore[union-attr]
+        node.receive_datagram(data, addr, _monotonic())
+        out = node._out
+        if out:
+            node._out = []
+            sendto = self._sendto
             try:
-                for item in node.datagrams_to_send(flush_acks=False):
+                for item in out:
                     sendto(*item)
             except (OSError, ValueError) as exc:
                 self.send_errors += 1
                 log.debug("send failed: %s", exc)
+        if node.ack_peers and not self._acks_scheduled:
+            # Coalesce acks to p2pfast peers over this batch of datagrams.
+            self._acks_scheduled = True
+            self._loop.call_soon(self._flush_acks)
         if node._events:
             self._on_events()
         if node._next_timer < self._timer_at:
@@ -103,7 +106,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = _INF
-        self.node.handle_timer(self._time())
+        self.node.handle_timer(_monotonic())
         self.flush()
 
     def _cancel_timer(self) -> None:

@@ -234,9 +234,6 @@ class Node:
         out = self._out
         if out:
             self._out = []
-            counters = self.counters
-            counters.datagrams_out += len(out)
-            counters.bytes_out += sum([len(d) for d, _ in out])
         return out
 
     def next_event(self) -> Event | None:
@@ -269,11 +266,11 @@ class Node:
         """Process one datagram from ``addr``. Never raises for bad input: it is counted,
         logged (rate-limited) and answered with at most a small Error."""
         counters = self.counters
-        counters.datagrams_in += 1
         counters.bytes_in += len(data)
         try:
             msg = decode(data)
         except ProtocolError as exc:
+            counters.malformed += 1
             counters.reject(exc.reason)
             self._log_hostile(exc.reason, now, "dropped datagram from %s: %s", addr, exc)
             if exc.reason == "too_large" and addr in self.peers_by_addr:
@@ -308,16 +305,17 @@ class Node:
         if msg.requires_ack:
             if peer.p2pfast and seq is not None and mtype != T_HANDSHAKE_REQUEST:
                 self._owe_ack(peer, seq, msg.id, now)
-            else:
-                self._send_ack(msg.id, addr, now)
+            else:  # inlined _send_ack: the hottest path of a busy node
+                ack = encode_ack(msg.id, int(now + self.wall_offset), self.local_addr_str)
+                self._out.append((ack, addr))
+                counters.acks_sent += 1
+                counters.tx_by_type[T_ACK] += 1
+                counters.bytes_out += len(ack)
         self._handlers[mtype](peer, msg, now)
 
     def _send_ack(self, msg_id: str, addr: tuple, now: float) -> None:
-        data = encode_ack(msg_id, int(now + self.wall_offset), self.local_addr_str)
-        self._out.append((data, addr))
-        counters = self.counters
-        counters.acks_sent += 1
-        counters.tx_by_type[T_ACK] += 1
+        self.counters.acks_sent += 1
+        self._emit(encode_ack(msg_id, int(now + self.wall_offset), self.local_addr_str), addr, T_ACK)
 
     def _owe_ack(self, peer: Peer, seq: int, msg_id: str, now: float) -> None:
         pending = peer.pending_acks
@@ -355,8 +353,7 @@ class Node:
                     False,
                     peer.pending_ack_id,
                 )
-                self._out.append((data, peer.addr))
-                counters.tx_by_type[T_ACK] += 1
+                self._emit(data, peer.addr, T_ACK)
             counters.acks_sent += len(seqs)
         self.ack_peers = []
 
@@ -410,8 +407,7 @@ class Node:
             if budget < 0:
                 counters.reject("amplification_limit")
                 break
-            self._out.append((data, addr))
-            counters.tx_by_type[_type_of(data)] += 1
+            self._emit(data, addr, _type_of(data))
 
     # ------------------------------------------------------------------------------------
     # Handlers (peer is the sender's session; None only where noted)
@@ -853,8 +849,7 @@ class Node:
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
         self._next_timer = min(self._next_timer, pending.next_at)
-        self._out.append((data, addr))
-        self.counters.tx_by_type[T_HANDSHAKE_REQUEST] += 1
+        self._emit(data, addr, T_HANDSHAKE_REQUEST)
 
     def _maybe_connect(self, addr: tuple, now: float) -> None:
         if (
@@ -1069,8 +1064,7 @@ class Node:
             pending.attempts += 1
             pending.next_at = now + self.config.rto_initial * (2 ** (pending.attempts - 1))
             earliest = min(earliest, pending.next_at)
-            self._out.append((pending.data, addr))
-            self.counters.tx_by_type[T_HANDSHAKE_REQUEST] += 1
+            self._emit(pending.data, addr, T_HANDSHAKE_REQUEST)
         self._connect_at = earliest
 
     def _run_heartbeat(self, now: float) -> None:
@@ -1153,14 +1147,19 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Helpers
 
+    def _emit(self, data: bytes, addr: tuple, mtype: int) -> None:
+        """Queue one datagram and count it."""
+        self._out.append((data, addr))
+        counters = self.counters
+        counters.tx_by_type[mtype] += 1
+        counters.bytes_out += len(data)
+
     def _queue(self, data: bytes, peer: Peer, mtype: int) -> None:
-        self._out.append((data, peer.addr))
-        self.counters.tx_by_type[mtype] += 1
+        self._emit(data, peer.addr, mtype)
 
     def _send_error(self, addr: tuple, text: str, code: str, now: float) -> None:
         data = encode(T_ERROR, {"code": code, "error": text}, int(now + self.wall_offset))
-        self._out.append((data, addr))
-        self.counters.tx_by_type[T_ERROR] += 1
+        self._emit(data, addr, T_ERROR)
 
     def _refuse(self, peer: Peer, text: str, code: str, now: float) -> None:
         self.counters.reject(code)

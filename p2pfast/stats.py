@@ -14,8 +14,7 @@ class Counters:
     __slots__ = (
         "rx_by_type",
         "tx_by_type",
-        "datagrams_in",
-        "datagrams_out",
+        "malformed",
         "bytes_in",
         "bytes_out",
         "acks_sent",
@@ -35,8 +34,7 @@ class Counters:
     def __init__(self) -> None:
         self.rx_by_type = [0] * len(TYPE_NAMES)
         self.tx_by_type = [0] * len(TYPE_NAMES)
-        self.datagrams_in = 0
-        self.datagrams_out = 0
+        self.malformed = 0  # datagrams that did not decode
         self.bytes_in = 0
         self.bytes_out = 0
         self.acks_sent = 0
@@ -54,6 +52,14 @@ class Counters:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    @property
+    def datagrams_in(self) -> int:
+        return sum(self.rx_by_type) + self.malformed
+
+    @property
+    def datagrams_out(self) -> int:
+        return sum(self.tx_by_type)  # every datagram queued is counted by type
 
 
 @dataclass
@@ -100,8 +106,10 @@ def snapshot(counters: Counters, **context: Any) -> ServerStats:
     plain = {
         name: getattr(counters, name)
         for name in Counters.__slots__
-        if name not in ("rx_by_type", "tx_by_type", "rejected")
+        if name not in ("rx_by_type", "tx_by_type", "rejected", "malformed")
     }
+    plain["datagrams_in"] = counters.datagrams_in
+    plain["datagrams_out"] = counters.datagrams_out
     return ServerStats(
         messages_received={n: c for n, c in zip(TYPE_NAMES, counters.rx_by_type) if c},
         messages_sent={n: c for n, c in zip(TYPE_NAMES, counters.tx_by_type) if c},
