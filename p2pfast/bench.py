@@ -11,6 +11,12 @@ Workloads (SPEC §7, seed-protocol §17):
 ``data``
     Data with ``requires_ack: true``, a per-peer ``sequence_number`` from 1 and payload
     ``{"blob": "<size chars>"}``; complete when the Ack (``ack_for`` = its id) arrives.
+    With ``--acks coalesced`` the peers also announce the ``p2pfast`` capability, and the server
+    answers with one Ack per peer per I/O batch whose payload ``{"seq": [[lo, hi], ...]}``
+    lists inclusive ranges of acknowledged sequence numbers (its ``ack_for`` names one message
+    only: the last one the server received, so it is ignored); every outstanding message in a
+    range completes. Such runs are labelled
+    ``data/coalesced``; ``ack_datagrams`` and ``msgs_per_ack`` show how much one Ack covered.
 ``ping``
     Ping → Pong (a Pong names no request, so a peer's Pongs complete its Pings in order).
 ``routed``
@@ -58,6 +64,11 @@ with warnings.catch_warnings():  # the server reports which implementation it ru
 from .errors import ProtocolError
 from .protocol import MessageType
 
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is a dependency; json is the safety net
+    from json import loads as _loads
+
 T_HANDSHAKE_REQUEST = int(MessageType.HandshakeRequest)
 T_HANDSHAKE_RESPONSE = int(MessageType.HandshakeResponse)
 T_PING = int(MessageType.Ping)
@@ -72,6 +83,9 @@ WORKLOADS = ("data", "ping", "routed")
 NETWORK_ID = "bench"
 PROTOCOL_VERSION = "0.3.0"
 CAPABILITIES = ["handshake", "discovery", "data_transfer"]
+#: ``--acks coalesced``: the capability that makes a p2pfast server coalesce its Acks.
+CAPABILITIES_COALESCED = [*CAPABILITIES, "p2pfast"]
+ACK_MODES = ("plain", "coalesced")
 
 #: Handshakes in flight at once, seconds between tries, tries per peer.
 HANDSHAKE_CONCURRENCY = 256
@@ -96,6 +110,13 @@ STOP_TIMEOUT = 10.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _READY_RE = re.compile(r"listening on (\S+):(\d+)")
 _EXT_RE = re.compile(r"extensions=(\w+)")
+
+# A coalesced Ack: {"id":..,"message_type":"Ack","timestamp":N,"payload":{"seq":[[lo,hi],..]},...
+# (payload keys sorted, compact); the ranges are the JSON list from after _SEQ_AT to "]]".
+_SEQ_AT = b'"payload":{"seq":'
+_SEQ_AT_LEN = len(_SEQ_AT)
+#: A range wider than this is matched against the outstanding messages instead of walked.
+_RANGE_WALK_MAX = 64
 
 # Offsets in a canonically encoded envelope: {"id":"<36>","message_type":"<Type>", ...
 # The fast paths below slice these literally: the id is data[7:43], the type name starts at
@@ -376,6 +397,7 @@ class Shared:
         self.icmp_errors = 0
         self.stray = 0
         self.retransmit_requests = 0  # Retransmit requests from the server (it saw a gap)
+        self.reacked = 0  # coalesced Acks: sequence numbers acked again after they completed
         self.server_disconnects = 0
         self.hs_pending: deque[Peer] = deque()
         self.hs_done = 0
@@ -410,6 +432,7 @@ class Peer(asyncio.DatagramProtocol):
         "hist",
         "done",
         "retx",
+        "nacks",
     )
 
     HS_IDLE, HS_SENT, HS_DONE, HS_FAILED = 0, 1, 2, 3
@@ -440,6 +463,7 @@ class Peer(asyncio.DatagramProtocol):
         self.hist = b.hist
         self.done = 0
         self.retx = 0
+        self.nacks = 0  # Ack datagrams received (data workload)
 
     # -- asyncio callbacks (defaults; phases override datagram_received) ------------------
 
@@ -480,11 +504,10 @@ class Peer(asyncio.DatagramProtocol):
             if type(seqs) is list:
                 for seq in seqs[:64]:
                     if type(seq) is int and 0 < seq <= self.counter:
-                        key = self.prefix + b"%012x" % seq
+                        key = self.key_of(seq)
                         if key in self.out:
-                            self.out[key] = perf_counter()
                             self.retx += 1
-                            self.transport.sendto(self.tmpl % (key, b.ts, seq))
+                            self.resend(key, perf_counter())
         elif mtype in (T_ACK, T_PONG, T_DATA):
             self._complete_slow(msg, data)
         else:
@@ -498,6 +521,12 @@ class Peer(asyncio.DatagramProtocol):
         if self.baseline:
             key = msg.id
         elif msg.type == T_ACK and self.workload == "data":
+            self.nacks += 1
+            payload = msg.payload
+            if type(payload) is dict and "seq" in payload and isinstance(self, CoalescedDataPeer):
+                if not self.complete_ranges(payload["seq"]):
+                    b.stray += 1
+                return
             key = msg.ack_for
         elif msg.type == T_PONG and self.workload == "ping":
             for k in self.out:
@@ -508,7 +537,7 @@ class Peer(asyncio.DatagramProtocol):
             original = payload.get("original_message") if type(payload) is dict else None
             key = original.get("id") if type(original) is dict else None
             owner = self.partner
-        t = owner.out.pop(key.encode(), None) if type(key) is str else None
+        t = owner.out.pop(owner.key_of_id(key), None) if type(key) is str else None
         if t is None:
             b.stray += 1
             return
@@ -518,6 +547,16 @@ class Peer(asyncio.DatagramProtocol):
         owner.done += 1
         if b.running:
             owner.send_one(now)
+
+    # -- keys of ``out``: message ids (bytes), or sequence numbers for CoalescedDataPeer -------
+
+    def key_of(self, seq: int) -> Any:
+        """The ``out`` key of this peer's Data with sequence number ``seq``."""
+        return self.prefix + b"%012x" % seq
+
+    def key_of_id(self, msg_id: str) -> Any:
+        """The ``out`` key of the message with id ``msg_id``."""
+        return msg_id.encode()
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -546,6 +585,37 @@ class _DataSender(Peer):
         # Same id and sequence number: the server acks a duplicate again, never a gap.
         self.out[key] = now
         self.transport.sendto(self.tmpl % (key, self.b.ts, int(key[-12:], 16)))
+
+
+class _SeqDataSender(Peer):
+    """Data like :class:`_DataSender`, but ``out`` is keyed by sequence number (an int): a
+    coalesced Ack names sequence-number ranges, and each lookup is then one dict probe."""
+
+    __slots__ = ()
+
+    def key_of(self, seq: int) -> Any:
+        return seq
+
+    def key_of_id(self, msg_id: str) -> Any:
+        key = msg_id.encode()
+        prefix = self.prefix
+        if key[: len(prefix)] != prefix:
+            return None
+        try:
+            return int(key[len(prefix) :], 16)
+        except ValueError:
+            return None
+
+    def send_one(self, now: float) -> None:
+        c = self.counter + 1
+        self.counter = c
+        self.out[c] = now
+        self.transport.sendto(self.tmpl % (self.prefix + b"%012x" % c, self.b.ts, c))
+
+    def resend(self, key: Any, now: float) -> None:
+        # Same id and sequence number: the server acks a duplicate again (inside a range).
+        self.out[key] = now
+        self.transport.sendto(self.tmpl % (self.prefix + b"%012x" % key, self.b.ts, key))
 
 
 class _PingSender(Peer):
@@ -653,6 +723,7 @@ class DataPeer(_DataSender):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if data[61:65] == b'Ack"':
+            self.nacks += 1
             t = self.out.pop(data[-38:-2], None)
             if t is None:
                 self.b.stray += 1  # a late Ack for a message already resent and acked
@@ -670,6 +741,91 @@ class DataPeer(_DataSender):
                 self.transport.sendto(self.tmpl % (key, b.ts, c))
             return
         self._slow(data)
+
+
+class CoalescedDataPeer(_SeqDataSender):
+    """p2pfast, data, ``--acks coalesced``: an Ack's ``{"seq": [[lo, hi], ...]}`` completes
+    every outstanding message whose sequence number is in a range (a plain Ack, from a server
+    that does not coalesce, completes the message its ``ack_for`` names)."""
+
+    __slots__ = ()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if data[61:65] == b'Ack"':
+            at = data.find(_SEQ_AT, 70)
+            if at >= 0:
+                at += _SEQ_AT_LEN
+                end = data.find(b"]]}", at)
+                if end >= 0:
+                    try:
+                        ranges = _loads(data[at : end + 2])
+                    except ValueError:
+                        ranges = None
+                    if ranges is not None and self.complete_ranges(ranges):
+                        self.nacks += 1
+                        return
+            elif data.find(b'"payload":null,', 70) >= 0:
+                seq = self.key_of_id(data[-38:-2].decode("ascii", "replace"))
+                t = self.out.pop(seq, None)
+                self.nacks += 1
+                if t is None:
+                    self.b.stray += 1
+                    return
+                now = perf_counter()
+                i = int((now - t) * 100000.0)
+                self.hist[i if i < HIST_MAX else HIST_MAX] += 1
+                self.done += 1
+                if self.b.running:
+                    self.send_one(now)
+                return
+        self._slow(data)
+
+    def complete_ranges(self, ranges: Any) -> bool:
+        """Complete the outstanding messages in ``[[lo, hi], ...]``; False if ``ranges`` is not
+        a list of two-int lists (nothing is completed then). A sequence number acked again
+        (a resend's duplicate, a late range) counts once, in ``Shared.reacked``."""
+        if type(ranges) is not list:
+            return False
+        for item in ranges:
+            if type(item) is not list or len(item) != 2 or type(item[0]) is not int or type(item[1]) is not int:
+                return False
+        out = self.out
+        hist = self.hist
+        now = perf_counter()
+        done = 0
+        reacked = 0
+        for lo, hi in ranges:
+            if hi < lo:
+                continue
+            if hi - lo < _RANGE_WALK_MAX:
+                for seq in range(lo, hi + 1):
+                    t = out.pop(seq, None)
+                    if t is None:
+                        reacked += 1
+                        continue
+                    i = int((now - t) * 100000.0)
+                    hist[i if i < HIST_MAX else HIST_MAX] += 1
+                    done += 1
+            else:  # wide: probe the few outstanding messages instead of the whole range
+                hit = [seq for seq in out if lo <= seq <= hi]
+                for seq in hit:
+                    i = int((now - out.pop(seq)) * 100000.0)
+                    hist[i if i < HIST_MAX else HIST_MAX] += 1
+                done += len(hit)
+                reacked += hi - lo + 1 - len(hit)
+        b = self.b
+        b.reacked += reacked
+        if done:
+            self.done += done
+            if b.running:
+                prefix, tmpl, ts, sendto = self.prefix, self.tmpl, b.ts, self.transport.sendto
+                c = self.counter
+                for _ in range(done):
+                    c += 1
+                    out[c] = now
+                    sendto(tmpl % (prefix + b"%012x" % c, ts, c))
+                self.counter = c
+        return True
 
 
 class PingPeer(_PingSender):
@@ -836,8 +992,11 @@ class RunSpec:
         rng: random.Random,
         target: tuple[str, int] | None = None,
         target_pid: int | None = None,
+        acks: str = "plain",
     ) -> None:
         self.kind = kind  # "p2pfast" or "baseline"
+        # "plain" or "coalesced" (p2pfast data runs only; "plain" for everything else)
+        self.acks = acks if kind == "p2pfast" and workload == "data" else "plain"
         self.impl = impl
         self.workload = workload
         self.peers = peers
@@ -851,6 +1010,11 @@ class RunSpec:
     @property
     def label(self) -> str:
         return "baseline" if self.kind == "baseline" else self.impl
+
+    @property
+    def tag(self) -> str:
+        """The workload as the table shows it: ``data``, ``data/coalesced``, ``ping``..."""
+        return self.workload if self.acks == "plain" else f"{self.workload}/{self.acks}"
 
 
 class Run:
@@ -901,7 +1065,7 @@ class Run:
                 raise BenchError(f"cannot create peer socket {i + 1}/{spec.peers}: {exc}") from None
             local = peer.transport.get_extra_info("sockname")
             info = {
-                "capabilities": CAPABILITIES,
+                "capabilities": CAPABILITIES_COALESCED if spec.acks == "coalesced" else CAPABILITIES,
                 "id": node_id,
                 "listen_addr": f"{local[0]}:{local[1]}",
                 "metadata": {},
@@ -914,11 +1078,11 @@ class Run:
             peer.hs_data = codec.encode(T_HANDSHAKE_REQUEST, info, ts, id=hs_id, requires_ack=True)
             self.peers.append(peer)
             if i % 200 == 199:
-                self.progress.show(f"[{spec.label} {spec.workload}] sockets {i + 1}/{spec.peers}")
+                self.progress.show(f"[{spec.label} {spec.tag}] sockets {i + 1}/{spec.peers}")
 
     async def _handshake(self) -> None:
         spec, b, peers = self.spec, self.b, self.peers
-        label = f"[{spec.label} {spec.workload}]"
+        label = f"[{spec.label} {spec.tag}]"
         b.hs_pending.extend(peers)
         t0 = perf_counter()
         for _ in range(min(HANDSHAKE_CONCURRENCY, len(peers))):
@@ -973,7 +1137,7 @@ class Run:
             if now - t0 >= SETTLE_MAX:
                 self.result["settle_timed_out"] = True
                 break
-            self.progress.show(f"[{self.spec.label} {self.spec.workload}] waiting for the server to settle")
+            self.progress.show(f"[{self.spec.label} {self.spec.tag}] waiting for the server to settle")
         self.progress.clear()
         self.result["settle_seconds"] = round(perf_counter() - t0, 3)
         self.result["server_rss_after_handshake_mb"] = _mb(proc_status_kb(self.pid, "VmRSS"))
@@ -981,11 +1145,14 @@ class Run:
         b.first_error = ""
         b.stray = 0
         b.retransmit_requests = 0
+        b.reacked = 0
 
     async def _data_phase(self) -> None:
         spec, b, peers = self.spec, self.b, self.peers
-        label = f"[{spec.label} {spec.workload}]"
+        label = f"[{spec.label} {spec.tag}]"
         sender_cls, partner_cls = _DATA_CLASSES[(spec.kind == "baseline", spec.workload)]
+        if spec.acks == "coalesced":
+            sender_cls = partner_cls = CoalescedDataPeer
         senders: list[Peer] = []
         if spec.workload == "routed":
             for i in range(0, len(peers) - 1, 2):
@@ -1074,6 +1241,8 @@ class Run:
         )
         bench_cpu = end["bench_cpu"] - snap["bench_cpu"]
         p50, p90, p99, pmax = _percentiles(hist, (0.5, 0.9, 0.99, 1.0))
+        acked = spec.kind == "p2pfast" and spec.workload == "data"
+        ack_datagrams = end["nacks"] - snap["nacks"] if acked else None
         self.result.update(
             measured_seconds=round(wall, 4),
             completions=completions,
@@ -1085,6 +1254,11 @@ class Run:
             first_error=b.first_error or None,
             stray_datagrams=b.stray,
             retransmit_requests=b.retransmit_requests,
+            # Ack datagrams received while measuring, and completions per Ack datagram (1.0
+            # for plain acks; how many messages one coalesced Ack covered on average).
+            ack_datagrams=ack_datagrams,
+            msgs_per_ack=round(completions / ack_datagrams, 3) if ack_datagrams else None,
+            reacked_seqs=b.reacked if spec.acks == "coalesced" else None,
             server_cpu_s=None if server_cpu is None else round(server_cpu, 3),
             server_cpu_util=None if server_cpu is None or wall <= 0 else round(server_cpu / wall, 3),
             server_cpu_us_per_msg=(
@@ -1107,6 +1281,7 @@ class Run:
             "bench_cpu": time.process_time(),
             "done": sum(p.done for p in senders),
             "retx": sum(p.retx for p in senders),
+            "nacks": sum(p.nacks for p in senders),
         }
 
     def _sweep(self, senders: list[Peer], now: float) -> None:
@@ -1199,7 +1374,7 @@ def run_one(spec: RunSpec, progress: Progress) -> dict[str, Any]:
     elif spec.target is None:
         server = p2pfast_server(spec.peers, spec.impl)
     if server is not None:
-        progress.show(f"[{spec.label} {spec.workload}] starting {server.name}", force=True)
+        progress.show(f"[{spec.label} {spec.tag}] starting {server.name}", force=True)
         server.start()
         host, port, pid = server.host, server.port, server.pid
         m = _EXT_RE.search(server.ready_line)
@@ -1214,6 +1389,7 @@ def run_one(spec: RunSpec, progress: Progress) -> dict[str, Any]:
         "impl": spec.impl if spec.kind == "p2pfast" else "baseline",
         "extensions": extensions if spec.kind == "p2pfast" else None,
         "workload": spec.workload,
+        "acks": spec.acks if spec.kind == "p2pfast" and spec.workload == "data" else None,
         "peers": spec.peers,
         "window": spec.window,
         "size": spec.size,
@@ -1246,7 +1422,7 @@ def run_one(spec: RunSpec, progress: Progress) -> dict[str, Any]:
     if not result.get("completions"):
         err = result.get("first_error")
         raise BenchError(
-            f"zero messages completed in the {spec.workload} phase against {spec.label} "
+            f"zero messages completed in the {spec.tag} phase against {spec.label} "
             f"({host}:{port})" + (f": {err}" if err else "")
         )
     return result
@@ -1291,7 +1467,7 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
 def format_table(runs: list[dict[str, Any]]) -> str:
     headers = [
         "impl", "workload", "peers", "hs/s", "msgs/s", "p50 ms", "p99 ms",
-        "srv us/msg", "srv CPU", "srv peak MB", "RSS@hs MB", "retx", "lost",
+        "srv us/msg", "srv CPU", "srv peak MB", "RSS@hs MB", "msgs/ack", "retx", "lost",
     ]  # fmt: skip
     rows = []
     for r in runs:
@@ -1302,7 +1478,7 @@ def format_table(runs: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 impl,
-                r["workload"],
+                r["workload"] if r.get("acks") in (None, "plain") else f"{r['workload']}/{r['acks']}",
                 str(r["peers"]),
                 _fmt(r.get("handshakes_per_s")),
                 _fmt(r.get("msgs_per_s")),
@@ -1312,6 +1488,7 @@ def format_table(runs: list[dict[str, Any]]) -> str:
                 _fmt(r.get("server_cpu_util"), ".2f"),
                 _fmt(r.get("server_peak_rss_mb"), ".1f"),
                 _fmt(r.get("server_rss_after_handshake_mb"), ".1f"),
+                _fmt(r.get("msgs_per_ack"), ".2f"),
                 str(r.get("retransmits", "n/a")),
                 str(r.get("lost", "n/a")),
             ]
@@ -1430,6 +1607,7 @@ class _BenchClickError(click.ClickException):
 @click.option("--window", "-w", type=click.IntRange(1, 1024), default=8, help="Messages each sending peer keeps in flight.")
 @click.option("--size", "-s", type=click.IntRange(0, 60_000), default=64, help="Characters of the Data blob.")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="data", help="data: Data+Ack; ping: Ping/Pong; routed: A->server->B.")
+@click.option("--acks", type=click.Choice(ACK_MODES), default="plain", help="data: plain = one Ack per Data; coalesced = announce 'p2pfast', one range Ack per peer per server I/O batch.")
 @click.option("--impl", "impl", type=click.Choice(("compiled", "pure", "both")), default="compiled", help="Server implementation (P2PFAST_NO_EXTENSIONS); with --target only a label.")
 @click.option("--baseline", is_flag=True, help="Also run the minimal uvloop echo server under the same load.")
 @click.option("--target", callback=_parse_target, metavar="HOST:PORT", help="Benchmark a running server instead of starting one.")
@@ -1443,6 +1621,7 @@ def main(
     window: int,
     size: int,
     workload: str,
+    acks: str,
     impl: str,
     baseline: bool,
     target: tuple[str, int] | None,
@@ -1454,7 +1633,7 @@ def main(
     """Closed-loop benchmark of p2pfast-server: handshakes/s, messages/s, latency, and the
     server's own CPU time per message, optionally against a do-nothing uvloop echo baseline."""
     try:
-        _main(peers, duration, window, size, workload, impl, baseline, target, target_pid, json_file, seed, no_progress)
+        _main(peers, duration, window, size, workload, acks, impl, baseline, target, target_pid, json_file, seed, no_progress)
     except BenchError as exc:
         raise _BenchClickError(str(exc)) from None
     except KeyboardInterrupt:
@@ -1471,6 +1650,7 @@ def _main(
     window: int,
     size: int,
     workload: str,
+    acks: str,
     impl: str,
     baseline: bool,
     target: tuple[str, int] | None,
@@ -1481,6 +1661,8 @@ def _main(
 ) -> None:
     if workload == "routed" and peers < 2:
         raise BenchError("the routed workload needs --peers 2 or more")
+    if acks != "plain" and workload != "data":
+        raise BenchError(f"--acks {acks} applies to the data workload only")
     if target_pid is not None and target is None:
         raise BenchError("--target-pid needs --target")
     raise_nofile(peers + 64)
@@ -1491,7 +1673,7 @@ def _main(
     impls = ["compiled", "pure"] if impl == "both" else [impl]
     specs = [
         RunSpec(kind="p2pfast", impl=i, workload=workload, peers=peers, duration=duration,
-                window=window, size=size, rng=rng, target=target, target_pid=target_pid)
+                window=window, size=size, rng=rng, target=target, target_pid=target_pid, acks=acks)
         for i in impls
     ]  # fmt: skip
     if baseline:
@@ -1521,7 +1703,7 @@ def _main(
             "machine": machine_info(),
             "options": {
                 "peers": peers, "duration": duration, "window": window, "size": size,
-                "workload": workload, "impl": impl, "baseline": baseline,
+                "workload": workload, "acks": acks, "impl": impl, "baseline": baseline,
                 "target": None if target is None else f"{target[0]}:{target[1]}",
                 "target_pid": target_pid, "seed": seed,
                 "warmup": WARMUP, "loss_timeout": LOSS_TIMEOUT,

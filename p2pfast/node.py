@@ -327,17 +327,17 @@ class Node:
 
     def flush_acks(self) -> None:
         """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
-        ranges in the payload (``{"seq": [[lo, hi], ...]}``); ``ack_for`` is the newest id."""
+        ranges in the payload (``{"seq": [[lo, hi], ...]}``, each shorter than
+        ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received."""
         ts = int(self._ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
-            seqs = peer.pending_acks
+            seqs = sorted(set(peer.pending_acks))
             peer.pending_acks = []
-            seqs.sort()
             ranges: list[list[int]] = []
             lo = hi = seqs[0]
-            for seq in seqs:
-                if seq > hi + 1:
+            for seq in seqs[1:]:
+                if seq > hi + 1 or seq - lo >= MAX_ACK_RANGE_LEN:
                     ranges.append([lo, hi])
                     lo = seq
                 hi = seq

@@ -58,7 +58,9 @@ def test_small_run_with_baseline_writes_complete_json(tmp_path: Path) -> None:
     assert run["server_cpu_us_per_msg"] is not None and run["server_cpu_us_per_msg"] > 0
     assert run["server_peak_rss_mb"] > 0
     assert run["server_exit_code"] == 0
+    assert run["acks"] == "plain" and run["ack_datagrams"] > 0  # one Ack per Data
     assert base[0]["completions"] > 0
+    assert base[0]["acks"] is None and base[0]["ack_datagrams"] is None  # echoes, no Acks
     assert base[0]["server_cpu_us_per_msg"] is not None
 
     ratio = doc["ratios"]["p2pfast_over_baseline"][impl]
@@ -92,3 +94,32 @@ def test_other_workloads_complete(workload: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert workload in proc.stdout
+
+
+def test_coalesced_acks_run_reports_ack_fields(tmp_path: Path) -> None:
+    impl = "pure" if NO_EXTENSIONS else "compiled"
+    out = tmp_path / "coalesced.json"
+    proc = _bench(
+        "--peers", "4", "--duration", "1", "--window", "4", "--impl", impl,
+        "--acks", "coalesced", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["options"]["acks"] == "coalesced"
+    (run,) = doc["runs"]
+    assert run["kind"] == "p2pfast" and run["impl"] == impl
+    assert run["workload"] == "data" and run["acks"] == "coalesced"
+    assert run["completions"] > 0
+    # Every completion came from some Ack datagram; how many each covered depends on load.
+    assert run["ack_datagrams"] > 0
+    assert run["msgs_per_ack"] is not None and run["msgs_per_ack"] > 0
+    assert run["reacked_seqs"] is not None and run["reacked_seqs"] >= 0
+    assert "data/coalesced" in proc.stdout and "msgs/ack" in proc.stdout
+
+
+def test_acks_only_for_the_data_workload() -> None:
+    proc = _bench("--workload", "ping", "--acks", "coalesced", "--peers", "2", "--no-progress", timeout=30)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "--acks coalesced applies to the data workload only" in proc.stderr

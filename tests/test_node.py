@@ -843,3 +843,17 @@ def test_join_broadcast_is_one_bounded_datagram_per_peer():
     assert all(len(d) <= node.config.max_datagram_size for d, _ in out)
     listed = decoded(out[:1])[0].payload
     assert 0 < len(listed) <= 64
+
+
+def test_coalesced_ack_ranges_respect_the_length_bound_and_count_once():
+    from p2pfast.node import MAX_ACK_RANGE_LEN
+
+    server, client, server_id, _ = pair(send_window=1024, duplicate_window=8192)
+    server.app_attached = True
+    peer = server.peers_by_addr[client.local_addr]
+    before = server.counters.acks_sent
+    for seq in list(range(1, MAX_ACK_RANGE_LEN + 11)) + [5]:
+        server._owe_ack(peer, seq, "4b1bfa44-87cb-44de-a11e-b0d648397b65", T0)
+    (ack,) = decoded(server.datagrams_to_send())
+    assert ack.payload == {"seq": [[1, MAX_ACK_RANGE_LEN], [MAX_ACK_RANGE_LEN + 1, MAX_ACK_RANGE_LEN + 10]]}
+    assert server.counters.acks_sent - before == MAX_ACK_RANGE_LEN + 10
