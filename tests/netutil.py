@@ -99,19 +99,23 @@ class SeedClient:
         data, _ = self.sock.recvfrom(65535)
         return codec.decode(data)
 
-    def recv_type(self, mtype: int, timeout: float | None = None):
-        """The next message of ``mtype`` (others are kept for later)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        for i, msg in enumerate(self.backlog):
-            if msg.type == mtype:
-                return self.backlog.pop(i)
+    def _arrivals(self, seconds: float):
+        """Decoded datagrams as they arrive, until ``seconds`` pass with the socket quiet."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = self.sock.recvfrom(65535)
             except socket.timeout:
-                break
-            msg = codec.decode(data)
+                return
+            yield codec.decode(data)
+
+    def recv_type(self, mtype: int, timeout: float | None = None):
+        """The next message of ``mtype`` (others are kept for later)."""
+        for i, msg in enumerate(self.backlog):
+            if msg.type == mtype:
+                return self.backlog.pop(i)
+        for msg in self._arrivals(timeout or self.timeout):
             if msg.type == mtype:
                 return msg
             self.backlog.append(msg)
@@ -120,14 +124,7 @@ class SeedClient:
     def drain(self, seconds: float = 0.2) -> list:
         out = list(self.backlog)
         self.backlog.clear()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
-                break
-            out.append(codec.decode(data))
+        out.extend(self._arrivals(seconds))
         return out
 
     def close(self) -> None:
