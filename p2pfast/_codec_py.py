@@ -46,7 +46,35 @@ TYPE_NAMES = (
 _TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
 _TYPE_BYTES = tuple(name.encode() for name in TYPE_NAMES)
 _ACK = _TYPE_CODES["Ack"]
+_N_TYPES = len(TYPE_NAMES)
 _SORT = orjson.OPT_SORT_KEYS
+
+_pytype = type  # the builtin: the ``type`` parameters below shadow it
+_ADDR_CACHE_MAX = 256
+#: sender_addr -> its JSON string, for addresses already validated (bounded).
+_ADDR_JSON: dict[str, bytes] = {}
+
+
+def _addr_json(sender_addr: object) -> bytes:
+    """The JSON string for a valid sender_addr (the decoder's rule: ``parse_addr``), or bad_addr."""
+    if _pytype(sender_addr) is not str:
+        raise ProtocolError("bad_addr", "sender_addr must be a string")
+    encoded = _ADDR_JSON.get(sender_addr)
+    if encoded is not None:
+        return encoded
+    try:
+        parse_addr(sender_addr)
+    except ValueError:
+        raise ProtocolError("bad_addr", f"invalid sender_addr {sender_addr[:64]!r}") from None
+    try:
+        encoded = orjson.dumps(sender_addr)
+    except TypeError:  # lone surrogates (possible in an IPv6 scope id): not encodable
+        raise ProtocolError("bad_addr", f"invalid sender_addr {sender_addr[:64]!r}") from None
+    if len(_ADDR_JSON) >= _ADDR_CACHE_MAX:
+        _ADDR_JSON.clear()
+    _ADDR_JSON[sender_addr] = encoded
+    return encoded
+
 
 _UUID_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_SIMPLE = re.compile(r"[0-9a-f]{32}")
@@ -170,13 +198,8 @@ def decode(data: bytes) -> Message:
     if type(requires_ack) is not bool:
         raise ProtocolError("bad_type", "requires_ack must be a boolean")
     sender_addr = obj.get("sender_addr")
-    if sender_addr is not None:
-        if type(sender_addr) is not str:
-            raise ProtocolError("bad_addr", "sender_addr must be a string")
-        try:
-            parse_addr(sender_addr)
-        except ValueError:
-            raise ProtocolError("bad_addr", f"invalid sender_addr {sender_addr[:64]!r}") from None
+    if sender_addr is not None and (type(sender_addr) is not str or sender_addr not in _ADDR_JSON):
+        _addr_json(sender_addr)  # bad_addr unless parse_addr accepts it (then cached)
     seq = obj.get("sequence_number")
     if seq is not None:
         if type(seq) is not int:
@@ -192,27 +215,54 @@ def decode(data: bytes) -> Message:
 # -- ids ---------------------------------------------------------------------------------
 
 _ID_BATCH = 256
-_id_hex = ""
-_id_pos = _ID_BATCH
 _VARIANT = "89ab89ab89ab89ab"
+#: Ids formatted in advance from one ``os.urandom`` call. ``list.pop`` is atomic, so two
+#: threads never get the same id; the list is dropped in a forked child (see ``_reset_ids``).
+_ids: list[str] = []
+
+
+def _refill_ids() -> str:
+    global _ids
+    h = os.urandom(16 * _ID_BATCH).hex()
+    batch = [
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, 32 * _ID_BATCH, 32)
+    ]
+    _ids = batch
+    return batch.pop()
+
+
+def _reset_ids() -> None:
+    """Drop the buffered ids (after fork, so parent and child never hand out the same ones)."""
+    global _ids
+    _ids = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_ids)
 
 
 def new_id() -> str:
     """A random version-4 UUID string, from a batched ``os.urandom`` (much cheaper than uuid4)."""
-    global _id_hex, _id_pos
-    if _id_pos >= _ID_BATCH:
-        _id_hex = os.urandom(16 * _ID_BATCH).hex()
-        _id_pos = 0
-    i = _id_pos * 32
-    _id_pos += 1
-    h = _id_hex
-    return (
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
-        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
-    )
+    try:
+        return _ids.pop()
+    except IndexError:
+        return _refill_ids()
 
 
 # -- encoding ----------------------------------------------------------------------------
+
+
+def _check_uint(value: object, name: str, limit: int) -> int:
+    """An int (``int`` subclasses such as IntEnum accepted, bool refused) in ``0..limit``."""
+    if _pytype(value) is not int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError("bad_type", f"{name} must be an integer")
+        value = int(value)
+    if value < 0 or value > limit:
+        raise ProtocolError("out_of_range", name)
+    return value
 
 
 def encode_raw(
@@ -225,9 +275,32 @@ def encode_raw(
     requires_ack: bool = False,
     ack_for: str | None = None,
 ) -> bytes:
-    """Encode an envelope around an already-serialized payload (compact JSON bytes)."""
-    if id is None:
-        id = new_id()
+    """Encode an envelope around an already-serialized payload (compact JSON bytes).
+
+    The envelope fields are checked with the decoder's rules and precedence, so whatever this
+    returns decodes back to the same fields: ``id``/``ack_for`` any UUID form (written lowercase
+    hyphenated; ``id=None`` draws a new one), ``type`` an int code (IntEnum fine, bool not),
+    ``timestamp`` 0..MAX_U64, ``requires_ack`` a bool, ``sender_addr`` ``None`` or a valid
+    ``ip:port``, ``sequence_number`` ``None`` or 0..MAX_U32. Raises :class:`ProtocolError`.
+    ``payload_json`` is trusted as is.
+    """
+    id = new_id() if id is None else normalize_uuid(id)
+    if _pytype(type) is not int and (not isinstance(type, int) or isinstance(type, bool)):
+        raise ProtocolError("bad_type", "type must be an integer message-type code")
+    if type < 0 or type >= _N_TYPES:
+        raise ProtocolError("unknown_type", f"type code {int(type)}")
+    timestamp = _check_uint(timestamp, "timestamp", MAX_U64)
+    if requires_ack is True:
+        ack_part = b',"requires_ack":true,"ack_for":'
+    elif requires_ack is False:
+        ack_part = b',"requires_ack":false,"ack_for":'
+    else:
+        raise ProtocolError("bad_type", "requires_ack must be a boolean")
+    addr = b"null" if sender_addr is None else _addr_json(sender_addr)
+    if sequence_number is not None:
+        sequence_number = _check_uint(sequence_number, "sequence_number", MAX_U32)
+    if ack_for is not None:
+        ack_for = normalize_uuid(ack_for)
     data = b"".join(
         (
             b'{"id":"',
@@ -239,10 +312,10 @@ def encode_raw(
             b',"payload":',
             payload_json,
             b',"sender_addr":',
-            b"null" if sender_addr is None else b'"' + sender_addr.encode() + b'"',
+            addr,
             b',"sequence_number":',
             b"null" if sequence_number is None else b"%d" % sequence_number,
-            b',"requires_ack":true,"ack_for":' if requires_ack else b',"requires_ack":false,"ack_for":',
+            ack_part,
             b"null" if ack_for is None else b'"' + ack_for.encode() + b'"',
             b"}",
         )
