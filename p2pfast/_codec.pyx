@@ -135,6 +135,8 @@ cdef inline object _perr(str reason, str detail):
 
 
 @cython.freelist(64)
+@cython.no_gc  # a decoded message holds JSON data, which cannot form a cycle back to it:
+# keeping it out of the cyclic GC saves a gen-0 allocation per datagram on the hot path
 cdef class Message:
     """One decoded envelope. ``type`` is the integer message-type code."""
 

@@ -48,7 +48,6 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         node.receive_datagram(data, addr, _monotonic())
         out = node._out
         if out:
-            node._out = []
             sendto = self._sendto
             try:
                 for item in out:
@@ -56,6 +55,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
             except (OSError, ValueError) as exc:
                 self.send_errors += 1
                 log.debug("send failed: %s", exc)
+            out.clear()  # reuse the list: no allocation per datagram
         if node.ack_peers and not self._acks_scheduled:
             # Coalesce acks to p2pfast peers over this batch of datagrams.
             self._acks_scheduled = True
