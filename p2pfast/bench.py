@@ -1615,25 +1615,11 @@ class _BenchClickError(click.ClickException):
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True), help="Write all results, ratios, the machine and the command line here.")
 @click.option("--seed", type=int, help="Seed for node ids (default: random).")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr (also off when stderr is not a terminal).")
-def main(
-    peers: int,
-    duration: float,
-    window: int,
-    size: int,
-    workload: str,
-    acks: str,
-    impl: str,
-    baseline: bool,
-    target: tuple[str, int] | None,
-    target_pid: int | None,
-    json_file: str | None,
-    seed: int | None,
-    no_progress: bool,
-) -> None:
+def main(**options: Any) -> None:
     """Closed-loop benchmark of p2pfast-server: handshakes/s, messages/s, latency, and the
     server's own CPU time per message, optionally against a do-nothing uvloop echo baseline."""
     try:
-        _main(peers, duration, window, size, workload, acks, impl, baseline, target, target_pid, json_file, seed, no_progress)
+        _main(**options)
     except BenchError as exc:
         raise _BenchClickError(str(exc)) from None
     except KeyboardInterrupt:
