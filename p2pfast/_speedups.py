@@ -1,13 +1,14 @@
 """Picks the compiled hot paths or their pure-Python twins, once, at import time.
 
-The compiled modules are used unless ``P2PFAST_NO_EXTENSIONS`` is set to a true value or the
-interpreter is not CPython. If they were asked for but cannot be imported (e.g. a source
-checkout that was never built), the pure twins are used and a RuntimeWarning says so;
-``USE_EXTENSIONS`` tells which set is active.
+The compiled modules are used unless ``P2PFAST_NO_EXTENSIONS`` is set to a true value, the
+interpreter is not CPython, or the package was installed without them. If they are present
+but cannot be imported, the pure twins are used and a RuntimeWarning says so.
+``USE_EXTENSIONS`` tells which set is active (CI asserts it with P2PFAST_REQUIRE_EXTENSIONS=1).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -19,19 +20,20 @@ _wanted = not _disabled and sys.implementation.name == "cpython"
 codec: ModuleType
 window: ModuleType
 
-if _wanted:
+if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
         from . import _window as window
-    except ImportError as exc:  # pragma: no cover - exercised by an unbuilt checkout
+    except ImportError as exc:  # built, but broken (e.g. for another interpreter)
         warnings.warn(
-            f"p2pfast: compiled extensions unavailable ({exc}); using the pure-Python twins",
+            f"p2pfast: compiled extensions present but not importable ({exc}); "
+            "using the pure-Python twins",
             RuntimeWarning,
             stacklevel=2,
         )
         from . import _codec_py as codec
         from . import _window_py as window
-else:
+else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
     from . import _window_py as window
 
