@@ -38,7 +38,7 @@ from .events import (
 from .peer import Peer, validate_node_info
 from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
-from .stats import Counters, ServerStats, snapshot
+from .stats import Counters, PeerStats, ServerStats, snapshot
 
 log = logging.getLogger("p2pfast")
 
@@ -256,9 +256,6 @@ class Node:
             self._discovery_at,
         )
 
-    def timestamp(self, now: float) -> int:
-        return int(now + self.wall_offset)
-
     # ------------------------------------------------------------------------------------
     # Input: datagrams
 
@@ -372,24 +369,19 @@ class Node:
             elif mtype == T_ERROR:
                 self._on_connect_refused(addr, msg.payload)
             return
-        replies: list[bytes] = []
+        replies: list[tuple[bytes, int]] = []
         ts = int(now + self.wall_offset)
         if msg.requires_ack and mtype in (T_PING, T_DISCONNECT):
-            replies.append(encode_ack(msg.id, ts, self.local_addr_str))
+            replies.append((encode_ack(msg.id, ts, self.local_addr_str), T_ACK))
         if mtype == T_PING:
-            replies.append(encode_bare(T_PONG, ts))
+            replies.append((encode_bare(T_PONG, ts), T_PONG))
         elif mtype not in _REQUEST_TYPES:
             # Never answer a response, an Ack or an Error: two nodes must not ping-pong errors.
             self.counters.reject("handshake_required")
         else:
             self.counters.reject("handshake_required")
-            replies.append(
-                encode(
-                    T_ERROR,
-                    {"code": "handshake_required", "error": "handshake required"},
-                    ts,
-                )
-            )
+            refusal = {"code": "handshake_required", "error": "handshake required"}
+            replies.append((encode(T_ERROR, refusal, ts), T_ERROR))
             self._log_hostile(
                 "handshake_required",
                 now,
@@ -399,15 +391,14 @@ class Node:
             )
         self._send_within_budget(replies, addr, budget)
 
-    def _send_within_budget(self, replies: list[bytes], addr: tuple, budget: int) -> None:
+    def _send_within_budget(self, replies: list[tuple[bytes, int]], addr: tuple, budget: int) -> None:
         """Queue ``replies`` in order while their total stays within ``budget`` bytes."""
-        counters = self.counters
-        for data in replies:
+        for data, mtype in replies:
             budget -= len(data)
             if budget < 0:
-                counters.reject("amplification_limit")
+                self.counters.reject("amplification_limit")
                 break
-            self._emit(data, addr, _type_of(data))
+            self._emit(data, addr, mtype)
 
     # ------------------------------------------------------------------------------------
     # Handlers (peer is the sender's session; None only where noted)
@@ -427,16 +418,16 @@ class Node:
         addr = peer.addr if peer is not None else addr
         assert addr is not None
         ts = int(now + self.wall_offset)
-        replies: list[bytes] = []
+        replies: list[tuple[bytes, int]] = []
         if peer is None and msg.requires_ack:
-            replies.append(encode_ack(msg.id, ts, self.local_addr_str))
+            replies.append((encode_ack(msg.id, ts, self.local_addr_str), T_ACK))
             self.counters.acks_sent += 1
         error = self._admit(peer, msg.payload, addr, now)
         if isinstance(error, tuple):
             text, code = error
             self.counters.reject(code)
             self._log_hostile(code, now, "handshake from %s refused: %s", addr, text)
-            replies.append(encode(T_ERROR, {"code": code, "error": text}, ts))
+            replies.append((encode(T_ERROR, {"code": code, "error": text}, ts), T_ERROR))
             if budget is None:
                 budget = 1 << 20
             self._send_within_budget(replies, addr, budget)
@@ -448,13 +439,13 @@ class Node:
             "public_addr": new_peer.addr_str,
             "success": True,
         }
-        replies.append(encode(T_HANDSHAKE_RESPONSE, response, ts))
+        replies.append((encode(T_HANDSHAKE_RESPONSE, response, ts), T_HANDSHAKE_RESPONSE))
         # A first slice of the peer list, sized so the whole reply stays within 3x the request
         # (a spoofed handshake cannot amplify); the rest comes by broadcast or on request.
-        used = sum(map(len, replies))
+        used = sum(len(data) for data, _ in replies)
         room = (budget if budget is not None else self.config.max_datagram_size) - used
         others = [p for p in self._sample_peers(64) if p is not new_peer]
-        replies.append(self._discovery_chunk(others, ts, room))
+        replies.append((self._discovery_chunk(others, ts, room), T_DISCOVERY_RESPONSE))
         self._send_within_budget(replies, addr, budget if budget is not None else 1 << 20)
 
     def _admit(self, peer: Peer | None, payload: Any, addr: tuple, now: float) -> Peer | tuple:
@@ -1208,32 +1199,15 @@ class Node:
     # Introspection
 
     def get_stats(self, now: float) -> ServerStats:
-        c = self.counters
         return snapshot(
-            c,
+            self.counters,
             node_id=self.node_id,
             listen_address=self.local_addr_str,
             uptime=now - self.started_at,
-            peer_stats=_peer_stats(self),
+            peer_stats=PeerStats(
+                total_peers=len(self.peers_by_id),
+                max_connections=self.config.max_connections,
+                in_flight=sum(len(p.window) for p in self._inflight),
+                routes=len(self.routes),
+            ),
         )
-
-
-def _peer_stats(node: Node):
-    from .stats import PeerStats
-
-    return PeerStats(
-        total_peers=len(node.peers_by_id),
-        max_connections=node.config.max_connections,
-        in_flight=sum(len(p.window) for p in node._inflight),
-        routes=len(node.routes),
-    )
-
-
-_TYPE_PREFIX_LEN = len(b'{"id":"00000000-0000-0000-0000-000000000000","message_type":"')
-_TYPE_BY_NAME = {name.encode(): int(t) for name, t in ((t.name, t) for t in MessageType)}
-
-
-def _type_of(data: bytes) -> int:
-    """Message type code of a datagram we encoded (for counters on the rare paths)."""
-    end = data.index(b'"', _TYPE_PREFIX_LEN)
-    return _TYPE_BY_NAME[data[_TYPE_PREFIX_LEN:end]]
