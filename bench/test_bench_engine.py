@@ -71,3 +71,22 @@ def test_data_ack_per_datagram(benchmark):
     finally:
         loop.close()
     assert endpoint.node.counters.acks_sent >= 150_000
+
+
+def test_ping_pong_per_datagram(benchmark):
+    benchmark.group = "engine: Ping+Pong per datagram (endpoint + engine, no socket)"
+    benchmark.name = f"ping_pong[{IMPL}]"
+    loop = asyncio.new_event_loop()
+    endpoint = _endpoint(loop)
+    ping = _datagram("Ping")
+
+    def run():
+        received = endpoint.datagram_received
+        for _ in range(1000):
+            received(ping, PEER)
+
+    try:
+        benchmark.pedantic(run, rounds=150, iterations=1)
+    finally:
+        loop.close()
+    assert endpoint.node.counters.tx_by_type[3] >= 150_000
