@@ -27,6 +27,7 @@ import os
 
 import orjson
 
+from p2pfast._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 from p2pfast.addr import parse_addr
 from p2pfast.errors import ProtocolError
 
@@ -52,11 +53,6 @@ cdef extern from "Python.h":
     PyObject* PyTuple_GET_ITEM(object, Py_ssize_t)
 
 
-MAX_MESSAGE_SIZE = 1_048_576
-STUN_MAGIC = b"\x21\x12\xa4\x42"
-MAX_U32 = 0xFFFFFFFF
-MAX_U64 = 0xFFFFFFFFFFFFFFFF
-
 cdef enum:
     _MAX_SIZE = 1048576
     _N_TYPES = 17
@@ -66,26 +62,6 @@ cdef enum:
 
 cdef unsigned long long _U32 = 0xFFFFFFFFULL
 
-#: Message type names, indexed by their integer code (see ``p2pfast.protocol.MessageType``).
-TYPE_NAMES = (
-    "HandshakeRequest",
-    "HandshakeResponse",
-    "Ping",
-    "Pong",
-    "DiscoveryRequest",
-    "DiscoveryResponse",
-    "ListNodesRequest",
-    "ListNodesResponse",
-    "Data",
-    "Error",
-    "Disconnect",
-    "Ack",
-    "Retransmit",
-    "P2PConnect",
-    "RelayRequest",
-    "RelayResponse",
-    "RelayData",
-)
 cdef tuple _TYPE_BYTES = tuple(name.encode() for name in TYPE_NAMES)
 
 cdef object _loads = orjson.loads

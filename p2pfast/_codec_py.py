@@ -18,31 +18,8 @@ import orjson
 from .addr import parse_addr
 from .errors import ProtocolError
 
-MAX_MESSAGE_SIZE = 1_048_576
-STUN_MAGIC = b"\x21\x12\xa4\x42"
-MAX_U32 = 0xFFFFFFFF
-MAX_U64 = 0xFFFFFFFFFFFFFFFF
+from ._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 
-#: Message type names, indexed by their integer code (see ``p2pfast.protocol.MessageType``).
-TYPE_NAMES = (
-    "HandshakeRequest",
-    "HandshakeResponse",
-    "Ping",
-    "Pong",
-    "DiscoveryRequest",
-    "DiscoveryResponse",
-    "ListNodesRequest",
-    "ListNodesResponse",
-    "Data",
-    "Error",
-    "Disconnect",
-    "Ack",
-    "Retransmit",
-    "P2PConnect",
-    "RelayRequest",
-    "RelayResponse",
-    "RelayData",
-)
 _TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
 _TYPE_BYTES = tuple(name.encode() for name in TYPE_NAMES)
 _ACK = _TYPE_CODES["Ack"]

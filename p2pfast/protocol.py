@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from ._codec_py import MAX_MESSAGE_SIZE, TYPE_NAMES
+from ._wire import MAX_MESSAGE_SIZE, TYPE_NAMES
 
 
 class MessageType(IntEnum):
