@@ -481,6 +481,14 @@ class Peer(asyncio.DatagramProtocol):
 
     # -- the rare path: decode with the codec ------------------------------------------------
 
+    def _completed(self, sent_at: float) -> float:
+        """Count one completed message and its latency (10 µs histogram bins); return now."""
+        now = perf_counter()
+        i = int((now - sent_at) / HIST_RES)
+        self.hist[i if i < HIST_MAX else HIST_MAX] += 1
+        self.done += 1
+        return now
+
     def _slow(self, data: bytes) -> None:
         b = self.b
         try:
@@ -541,10 +549,7 @@ class Peer(asyncio.DatagramProtocol):
         if t is None:
             b.stray += 1
             return
-        now = perf_counter()
-        i = int((now - t) / HIST_RES)
-        owner.hist[i if i < HIST_MAX else HIST_MAX] += 1
-        owner.done += 1
+        now = owner._completed(t)
         if b.running:
             owner.send_one(now)
 
@@ -728,10 +733,7 @@ class DataPeer(_DataSender):
             if t is None:
                 self.b.stray += 1  # a late Ack for a message already resent and acked
                 return
-            now = perf_counter()
-            i = int((now - t) * 100000.0)
-            self.hist[i if i < HIST_MAX else HIST_MAX] += 1
-            self.done += 1
+            now = self._completed(t)
             b = self.b
             if b.running:
                 c = self.counter + 1
@@ -771,10 +773,7 @@ class CoalescedDataPeer(_SeqDataSender):
                 if t is None:
                     self.b.stray += 1
                     return
-                now = perf_counter()
-                i = int((now - t) * 100000.0)
-                self.hist[i if i < HIST_MAX else HIST_MAX] += 1
-                self.done += 1
+                now = self._completed(t)
                 if self.b.running:
                     self.send_one(now)
                 return
@@ -842,10 +841,7 @@ class PingPeer(_PingSender):
                 self.b.stray += 1
                 return
             t = out.pop(key)
-            now = perf_counter()
-            i = int((now - t) * 100000.0)
-            self.hist[i if i < HIST_MAX else HIST_MAX] += 1
-            self.done += 1
+            now = self._completed(t)
             b = self.b
             if b.running:
                 c = self.counter + 1
@@ -877,10 +873,7 @@ class RoutedReceiverPeer(Peer):
             if t is None:
                 self.b.stray += 1
                 return
-            now = perf_counter()
-            i = int((now - t) * 100000.0)
-            a.hist[i if i < HIST_MAX else HIST_MAX] += 1  # type: ignore[union-attr]
-            a.done += 1  # type: ignore[union-attr]
+            now = a._completed(t)  # type: ignore[union-attr]
             if self.b.running:
                 a.send_one(now)  # type: ignore[union-attr]
             return
@@ -893,10 +886,7 @@ def _echo_received(self: Peer, data: bytes, addr: Any) -> None:
     if t is None:
         self._slow(data)
         return
-    now = perf_counter()
-    i = int((now - t) * 100000.0)
-    self.hist[i if i < HIST_MAX else HIST_MAX] += 1
-    self.done += 1
+    now = self._completed(t)
     if self.b.running:
         self.send_one(now)
 
