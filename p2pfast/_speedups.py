@@ -35,7 +35,7 @@ if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
         from . import _window_py as window
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
-    from . import _window_py as window
+    from . import _window_py as window  # noqa: F401  (re-exported)
 
 #: True when the compiled Cython modules are the ones in use.
 USE_EXTENSIONS: bool = codec.__name__.endswith("._codec")
