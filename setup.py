@@ -19,6 +19,7 @@ if not NO_EXTENSIONS:
         [
             Extension("p2pfast._codec", ["p2pfast/_codec.pyx"]),
             Extension("p2pfast._window", ["p2pfast/_window.pyx"]),
+            Extension("p2pfast._receive", ["p2pfast/_receive.pyx"]),
         ],
         compiler_directives={
             "language_level": "3",

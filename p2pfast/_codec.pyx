@@ -116,14 +116,7 @@ cdef inline object _perr(str reason, str detail):
 cdef class Message:
     """One decoded envelope. ``type`` is the integer message-type code."""
 
-    cdef public object id
-    cdef public object type
-    cdef public object timestamp
-    cdef public object payload
-    cdef public object sender_addr
-    cdef public object sequence_number
-    cdef public object requires_ack
-    cdef public object ack_for
+    # Fields are declared in _codec.pxd (cimported by the compiled receive path).
 
     def __init__(
         self,
@@ -649,7 +642,7 @@ cdef object _fast_decode(const unsigned char* s, Py_ssize_t n):
     return m
 
 
-def decode(data):
+cpdef object decode(object data):
     """Decode one datagram; raise :class:`ProtocolError` for anything that is not a valid message."""
     cdef Py_ssize_t size, pos = 0
     cdef const char* buf
@@ -1046,6 +1039,16 @@ def dump_payload(payload):
 def encode_ack(ack_for, timestamp, sender_addr=None):
     """Fast path: an ``Ack`` for message id ``ack_for`` (null payload)."""
     return _encode(_ACK, b"null", timestamp, None, sender_addr, None, False, ack_for)
+
+
+cdef bytes encode_ack_c(object ack_for, object timestamp, object sender_addr):
+    """``encode_ack`` for other Cython modules (no Python call)."""
+    return _encode(_ACK, b"null", timestamp, None, sender_addr, None, False, ack_for)
+
+
+cdef bytes encode_bare_c(object type, object timestamp):
+    """``encode_bare`` for other Cython modules (no Python call)."""
+    return _encode(type, b"null", timestamp, None, None, None, False, None)
 
 
 def encode_bare(type, timestamp):

@@ -19,10 +19,12 @@ _wanted = not _disabled and sys.implementation.name == "cpython"
 
 codec: ModuleType
 window: ModuleType
+receive: ModuleType
 
 if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
+        from . import _receive as receive
         from . import _window as window
     except ImportError as exc:  # built, but broken (e.g. for another interpreter)
         warnings.warn(
@@ -32,9 +34,11 @@ if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
             stacklevel=2,
         )
         from . import _codec_py as codec
+        from . import _receive_py as receive
         from . import _window_py as window
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
+    from . import _receive_py as receive  # noqa: F401  (re-exported)
     from . import _window_py as window  # noqa: F401  (re-exported)
 
 #: True when the compiled Cython modules are the ones in use.

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ._speedups import codec, window
+from ._speedups import codec, receive, window
 from .addr import format_addr, parse_addr
 from .config import Config
 from .errors import ProtocolError, SendError, WindowFull
@@ -50,8 +50,9 @@ encode_bare = codec.encode_bare
 dump_payload = codec.dump_payload
 new_id = codec.new_id
 normalize_uuid = codec.normalize_uuid
-NEW = window.NEW
-DUPLICATE = window.DUPLICATE
+DELIVER_COUNT = receive.DELIVER_COUNT
+DELIVER_APP = receive.DELIVER_APP
+DELIVER_ENGINE = receive.DELIVER_ENGINE
 
 T_HANDSHAKE_REQUEST = int(MessageType.HandshakeRequest)
 T_HANDSHAKE_RESPONSE = int(MessageType.HandshakeResponse)
@@ -102,9 +103,7 @@ _REQUEST_TYPES = frozenset(
         T_RETRANSMIT,
     )
 )
-_ROUTED_KEYS = frozenset(
-    ("destination_node", "source_node", "route_id", "hop_count", "max_hops", "original_message")
-)
+_ROUTED_KEYS = receive.ROUTED_KEYS
 
 
 class _PendingConnect:
@@ -166,8 +165,6 @@ class Node:
             "network_id": config.network_id,
             "version": PROTOCOL_VERSION,
         }
-        #: Deliver Data to the application as events (else echo it, if ``config.echo``).
-        self.app_attached = False
         self.closed = False
 
         self.peers_by_addr: dict[tuple, Peer] = {}
@@ -184,8 +181,19 @@ class Node:
         self._inflight: set[Peer] = set()
         #: Peers owed a coalesced Ack (see :meth:`flush_acks`).
         self.ack_peers: list[Peer] = []
-        self._ack_now = now
         self._gapped: set[Peer] = set()
+        #: The first stage of every datagram (compiled): see :mod:`p2pfast._receive_py`.
+        self._receiver = receive.Receiver(
+            self.peers_by_addr,
+            self.counters,
+            self._out,
+            self._events,
+            self.ack_peers,
+            self.local_addr_str,
+            self.wall_offset,
+        )
+        self._receive = self._receiver.receive
+        self.app_attached = False
 
         self._heartbeat_at = now + config.heartbeat_interval
         self._housekeeping_at = now + min(30.0, config.route_cache_ttl)
@@ -220,6 +228,15 @@ class Node:
             self._on_ignored,  # RelayData
         ]
 
+    @property
+    def app_attached(self) -> bool:
+        """Deliver Data to the application as events (else echo it, if ``config.echo``)."""
+        return self._receiver.deliver == DELIVER_APP
+
+    @app_attached.setter
+    def app_attached(self, value: bool) -> None:
+        self._receiver.deliver = DELIVER_APP if value else DELIVER_ENGINE if self.config.echo else DELIVER_COUNT
+
     # ------------------------------------------------------------------------------------
     # Output side of the sans-I/O interface
 
@@ -231,9 +248,8 @@ class Node:
         """
         if flush_acks and self.ack_peers:
             self.flush_acks()
-        out = self._out
-        if out:
-            self._out = []
+        out = self._out[:]  # the list itself is shared with the receive path: keep it
+        self._out.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -261,66 +277,40 @@ class Node:
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
         """Process one datagram from ``addr``. Never raises for bad input: it is counted,
-        logged (rate-limited) and answered with at most a small Error."""
-        counters = self.counters
-        counters.bytes_in += len(data)
+        logged (rate-limited) and answered with at most a small Error.
+
+        The receive path (:class:`~p2pfast._receive_py.Receiver`) decodes, filters duplicates,
+        acknowledges, and finishes in-order Data and Ping itself; the rest comes back here."""
         try:
-            msg = decode(data)
+            handoff = self._receive(data, addr, now)
         except ProtocolError as exc:
+            counters = self.counters
             counters.malformed += 1
             counters.reject(exc.reason)
             self._log_hostile(exc.reason, now, "dropped datagram from %s: %s", addr, exc)
             if exc.reason == "too_large" and addr in self.peers_by_addr:
                 self._send_error(addr, "message exceeds 1 MiB", "too_large", now)
             return
-        mtype = msg.type
-        counters.rx_by_type[mtype] += 1
-        peer = self.peers_by_addr.get(addr)
+        if handoff is None:
+            return
+        msg, peer, gap = handoff
         if peer is None:
             self._unauthenticated(msg, addr, len(data), now)
             return
-        peer.last_seen = now
-        seq = msg.sequence_number
-        fresh = True
-        if seq is not None and mtype != T_HANDSHAKE_REQUEST:
-            dup = peer.dup
-            highest = dup.highest
-            if dup.check(seq) != NEW:
-                # Acked again below (the first Ack may have been lost), never delivered twice.
-                counters.duplicates += 1
-                fresh = False
-            elif seq > highest + 1 and highest >= 0 and peer.gap_at == _INF:
-                peer.gap_at = due = now + self.config.gap_delay
-                self._gapped.add(peer)
-                if due < self._gap_at:
-                    self._gap_at = due
-                    if due < self._next_timer:
-                        self._next_timer = due
-        if msg.requires_ack:
-            if peer.p2pfast and seq is not None and mtype != T_HANDSHAKE_REQUEST:
-                self._owe_ack(peer, seq, msg.id, now)
-            else:  # written out here rather than via _emit: the hottest path of a busy node
-                ack = encode_ack(msg.id, int(now + self.wall_offset), self.local_addr_str)
-                self._out.append((ack, addr))
-                counters.acks_sent += 1
-                counters.tx_by_type[T_ACK] += 1
-                counters.bytes_out += len(ack)
-        if fresh:
-            self._handlers[mtype](peer, msg, now)
-
-    def _owe_ack(self, peer: Peer, seq: int, msg_id: str, now: float) -> None:
-        pending = peer.pending_acks
-        if not pending:
-            self.ack_peers.append(peer)
-        pending.append(seq)
-        peer.pending_ack_id = msg_id
-        self._ack_now = now
+        if gap:  # a sequence number was skipped: ask for it if it does not turn up soon
+            peer.gap_at = due = now + self.config.gap_delay
+            self._gapped.add(peer)
+            if due < self._gap_at:
+                self._gap_at = due
+                if due < self._next_timer:
+                    self._next_timer = due
+        self._handlers[msg.type](peer, msg, now)
 
     def flush_acks(self) -> None:
         """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
         ranges in the payload (``{"seq": [[lo, hi], ...]}``, each shorter than
         ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received."""
-        ts = int(self._ack_now + self.wall_offset)
+        ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
             seqs = sorted(set(peer.pending_acks))
@@ -346,7 +336,7 @@ class Node:
                 )
                 self._emit(data, peer.addr, T_ACK)
             counters.acks_sent += len(seqs)
-        self.ack_peers = []
+        self.ack_peers.clear()  # shared with the receive path
 
     def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
         """Serve an address with no session: HandshakeRequest, Ping, Disconnect, the reply to a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._speedups import codec, window
+from ._speedups import codec, receive, window
 from .addr import format_addr, parse_addr
 from .config import Config
 from .errors import ProtocolError
@@ -20,26 +20,22 @@ MAX_FIELD_LEN = 256
 _INF = float("inf")
 
 
-class Peer:
-    """A session with a node that completed a handshake, keyed by its UDP address."""
+class Peer(receive.Session):
+    """A session with a node that completed a handshake, keyed by its UDP address.
+
+    The fields the per-datagram receive path reads and writes (``addr``, ``node_id``,
+    ``p2pfast``, ``last_seen``, ``dup``, ``gap_at``, ``pending_acks``, ``pending_ack_id``)
+    live in the compiled ``Session`` base class."""
 
     __slots__ = (
-        "addr",
         "addr_str",
-        "node_id",
         "node_info",
-        "p2pfast",
-        "last_seen",
-        "dup",
         "window",
         "next_seq",
-        "gap_at",
         "peerinfo_prefix",
         "nodeinfo_json",
         "window_blocked",
         "ping_sent_at",
-        "pending_acks",
-        "pending_ack_id",
     )
 
     def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:

@@ -852,8 +852,10 @@ def test_coalesced_ack_ranges_respect_the_length_bound_and_count_once():
     server.app_attached = True
     peer = server.peers_by_addr[client.local_addr]
     before = server.counters.acks_sent
-    for seq in list(range(1, MAX_ACK_RANGE_LEN + 11)) + [5]:
-        server._owe_ack(peer, seq, "4b1bfa44-87cb-44de-a11e-b0d648397b65", T0)
+    server.datagrams_to_send()
+    for seq in list(range(1, MAX_ACK_RANGE_LEN + 11)) + [5]:  # 5 again: a duplicate, acked again
+        data = codec.encode(T.Data, {"n": seq}, 1795634857, sequence_number=seq, requires_ack=True)
+        server.receive_datagram(data, peer.addr, T0)
     (ack,) = decoded(server.datagrams_to_send())
     assert ack.payload == {"seq": [[1, MAX_ACK_RANGE_LEN], [MAX_ACK_RANGE_LEN + 1, MAX_ACK_RANGE_LEN + 10]]}
     assert server.counters.acks_sent - before == MAX_ACK_RANGE_LEN + 10

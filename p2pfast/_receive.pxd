@@ -1,0 +1,51 @@
+# cython: language_level=3
+"""C-level declarations of the compiled receive path (see ``_receive.pyx``)."""
+
+from p2pfast._window cimport DuplicateFilter
+
+
+cdef class Counters:
+    cdef public list rx_by_type
+    cdef public list tx_by_type
+    cdef public unsigned long long malformed
+    cdef public unsigned long long bytes_in
+    cdef public unsigned long long bytes_out
+    cdef public unsigned long long acks_sent
+    cdef public unsigned long long acks_received
+    cdef public unsigned long long retransmits
+    cdef public unsigned long long retransmit_requests
+    cdef public unsigned long long duplicates
+    cdef public unsigned long long delivered
+    cdef public unsigned long long echoed
+    cdef public unsigned long long forwarded
+    cdef public unsigned long long send_failures
+    cdef public unsigned long long handshakes
+    cdef public unsigned long long evictions
+    cdef public dict rejected
+
+
+cdef class Session:
+    cdef public object addr
+    cdef public object node_id
+    cdef public bint p2pfast
+    cdef public double last_seen
+    cdef public DuplicateFilter dup
+    cdef public double gap_at
+    cdef public list pending_acks
+    cdef public object pending_ack_id
+
+
+cdef class Receiver:
+    cdef public dict peers
+    cdef public Counters counters
+    cdef public list out
+    cdef public object events
+    cdef public list ack_peers
+    cdef public object local_addr
+    cdef public double wall_offset
+    cdef public int deliver
+    cdef public double ack_now
+
+    cpdef object receive(self, object data, object addr, double now)
+    cdef void _ack(self, Session peer, object msg_id, int mtype, object seq, object addr, double now) except *
+    cdef void _emit(self, bytes data, object addr, int mtype) except *
