@@ -20,11 +20,13 @@ _wanted = not _disabled and sys.implementation.name == "cpython"
 codec: ModuleType
 window: ModuleType
 receive: ModuleType
+sendbatch: ModuleType
 
 if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
         from . import _receive as receive
+        from . import _sendbatch as sendbatch
         from . import _window as window
     except ImportError as exc:  # built, but broken (e.g. for another interpreter)
         warnings.warn(
@@ -35,10 +37,12 @@ if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
         )
         from . import _codec_py as codec
         from . import _receive_py as receive
+        from . import _sendbatch_py as sendbatch
         from . import _window_py as window
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
     from . import _receive_py as receive  # noqa: F401  (re-exported)
+    from . import _sendbatch_py as sendbatch  # noqa: F401  (re-exported)
     from . import _window_py as window  # noqa: F401  (re-exported)
 
 #: True when the compiled Cython modules are the ones in use.

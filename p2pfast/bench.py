@@ -46,6 +46,7 @@ import resource
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -1448,6 +1449,19 @@ def compute_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ratios
 
 
+def median_ratios(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each ratio over rounds (each round's ratios are paired: same minute)."""
+
+    def merge(values: list[Any]) -> Any:
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, dict) for v in present):
+            keys = dict.fromkeys(k for v in present for k in v)
+            return {k: merge([v.get(k) for v in present]) for k in keys}
+        return round(statistics.median(present), 3) if present else None
+
+    return merge(per_round)
+
+
 def _fmt(value: Any, spec: str = ",.0f") -> str:
     if value is None:
         return "n/a"
@@ -1455,6 +1469,7 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
 
 
 def format_table(runs: list[dict[str, Any]]) -> str:
+    rounds = len({r.get("round", 1) for r in runs}) > 1
     headers = [
         "impl", "workload", "peers", "hs/s", "msgs/s", "p50 ms", "p99 ms",
         "srv us/msg", "srv CPU", "srv peak MB", "RSS@hs MB", "msgs/ack", "retx", "lost",
@@ -1465,6 +1480,8 @@ def format_table(runs: list[dict[str, Any]]) -> str:
         impl = r["label"]
         if r["kind"] == "p2pfast" and r.get("extensions") and r["extensions"] != r["impl"]:
             impl += f"({r['extensions']}!)"
+        if rounds:
+            impl += f" #{r['round']}"
         rows.append(
             [
                 impl,
@@ -1491,8 +1508,8 @@ def format_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_ratios(ratios: dict[str, Any]) -> str:
-    lines = []
+def format_ratios(ratios: dict[str, Any], rounds: int = 1) -> str:
+    lines = [f"ratios: median over {rounds} rounds, each taken within its round"] if rounds > 1 else []
     cp = ratios.get("compiled_over_pure")
     if cp:
         lines.append(
@@ -1603,6 +1620,7 @@ class _BenchClickError(click.ClickException):
 @click.option("--target", callback=_parse_target, metavar="HOST:PORT", help="Benchmark a running server instead of starting one.")
 @click.option("--target-pid", type=int, help="PID of the --target server, for its CPU time and RSS.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True), help="Write all results, ratios, the machine and the command line here.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=1, help="Run everything this many times, interleaved; ratios are the median of the per-round ratios.")
 @click.option("--seed", type=int, help="Seed for node ids (default: random).")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr (also off when stderr is not a terminal).")
 def main(**options: Any) -> None:
@@ -1632,6 +1650,7 @@ def _main(
     target: tuple[str, int] | None,
     target_pid: int | None,
     json_file: str | None,
+    rounds: int,
     seed: int | None,
     no_progress: bool,
 ) -> None:
@@ -1658,8 +1677,9 @@ def _main(
                     duration=duration, window=window, size=size, rng=rng)
         )  # fmt: skip
     runs: list[dict[str, Any]] = []
-    for spec in specs:
+    for round_no, spec in ((k, spec) for k in range(1, rounds + 1) for spec in specs):
         result = run_one(spec, progress)
+        result["round"] = round_no
         if spec.kind == "p2pfast" and spec.target is None and result.get("extensions") not in (None, spec.impl):
             click.echo(
                 f"p2pfast-bench: warning: --impl {spec.impl} asked, but the server runs the "
@@ -1667,9 +1687,10 @@ def _main(
                 err=True,
             )
         runs.append(result)
-    ratios = compute_ratios(runs)
+    per_round = [compute_ratios([r for r in runs if r["round"] == k]) for k in range(1, rounds + 1)]
+    ratios = per_round[0] if rounds == 1 else median_ratios(per_round)
     click.echo(format_table(runs))
-    text = format_ratios(ratios)
+    text = format_ratios(ratios, rounds)
     if text:
         click.echo(text)
     if json_file:
@@ -1679,7 +1700,7 @@ def _main(
             "machine": machine_info(),
             "options": {
                 "peers": peers, "duration": duration, "window": window, "size": size,
-                "workload": workload, "acks": acks, "impl": impl, "baseline": baseline,
+                "workload": workload, "acks": acks, "impl": impl, "baseline": baseline, "rounds": rounds,
                 "target": None if target is None else f"{target[0]}:{target[1]}",
                 "target_pid": target_pid, "seed": seed,
                 "warmup": WARMUP, "loss_timeout": LOSS_TIMEOUT,
@@ -1687,6 +1708,7 @@ def _main(
             },
             "runs": runs,
             "ratios": ratios,
+            "ratios_per_round": per_round,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
         try:

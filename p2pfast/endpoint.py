@@ -1,7 +1,9 @@
 """The I/O shell: a datagram endpoint that feeds the sans-I/O :class:`~p2pfast.node.Node`.
 
-``datagram_received`` → ``Node.receive_datagram`` → ``transport.sendto`` for what it queued;
-one ``loop.call_at`` timer follows ``Node.get_timer()``. Nothing protocol-specific lives here.
+``datagram_received`` → ``Node.receive_datagram``; once the event loop has delivered a batch
+of datagrams (one ``call_soon`` per batch), what the node queued is sent, many datagrams per
+system call (:mod:`p2pfast._sendbatch_py`), its events are handed over and one
+``loop.call_at`` timer follows ``Node.get_timer()``. Nothing protocol-specific lives here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import time
 from typing import Callable
 
+from ._speedups import sendbatch
 from .node import Node
 
 log = logging.getLogger("p2pfast")
@@ -26,52 +29,50 @@ class NodeEndpoint(asyncio.DatagramProtocol):
 
     def __init__(self, node: Node, on_events: Callable[[], None]) -> None:
         self.node = node
+        self._receive = node.receive_datagram
         self._on_events = on_events
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.DatagramTransport | None = None
+        self._batch: sendbatch.BatchSender | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
-        self._acks_scheduled = False
-        self.send_errors = 0
+        self._flush_scheduled = False
+        self._send_errors = 0
+
+    @property
+    def send_errors(self) -> int:
+        """Datagrams the kernel refused (ICMP errors reported later included)."""
+        return self._send_errors + (self._batch.errors if self._batch is not None else 0)
 
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._sendto = transport.sendto  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._batch = sendbatch.BatchSender(sock.fileno(), sock.family)
         self.flush()
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id) -> (host, port)
             addr = addr[:2]
-        node = self.node
-        node.receive_datagram(data, addr, _monotonic())
-        out = node._out
-        if out:
-            sendto = self._sendto
-            try:
-                for item in out:
-                    sendto(*item)
-            except (OSError, ValueError) as exc:
-                self.send_errors += 1
-                log.debug("send failed: %s", exc)
-            out.clear()  # reuse the list: no allocation per datagram
-        if node.ack_peers and not self._acks_scheduled:
-            # Coalesce acks to p2pfast peers over this batch of datagrams.
-            self._acks_scheduled = True
-            self._loop.call_soon(self._flush_acks)
-        if node._events:
-            self._on_events()
-        if node._next_timer < self._timer_at:
-            self._arm()
+        self._receive(data, addr, _monotonic())
+        if not self._flush_scheduled:
+            # Once the loop has delivered this batch of datagrams: send every reply with as
+            # few system calls as possible, one coalesced Ack per p2pfast peer, hand the
+            # events over and re-arm the timer.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_batch)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (e.g. port unreachable) for an earlier sendto: not fatal for a UDP node.
-        self.send_errors += 1
+        self._send_errors += 1
         log.debug("socket error: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._batch is not None:
+            self._batch.close()
         self.transport = None
 
     # -- driving the node --------------------------------------------------------------
@@ -79,22 +80,45 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     def flush(self) -> None:
         """Send what the node queued, hand over its events, and re-arm its timer."""
         node = self.node
-        transport = self.transport
-        if transport is not None:
-            for data, addr in node.datagrams_to_send():
-                try:
-                    transport.sendto(data, addr)
-                except (OSError, ValueError) as exc:  # e.g. an IPv6 peer on an IPv4 socket
-                    self.send_errors += 1
-                    log.debug("cannot send to %s: %s", addr, exc)
+        if node.ack_peers:
+            node.flush_acks()
+        out = node._out  # the node's own queue: read in place, then emptied
+        if out:
+            if self.transport is not None:
+                self._send(out)
+            out.clear()
         if node._events:
             self._on_events()
         if node.get_timer() != self._timer_at:
             self._arm()
 
-    def _flush_acks(self) -> None:
-        self._acks_scheduled = False
+    def _flush_batch(self) -> None:
+        self._flush_scheduled = False
         self.flush()
+
+    def _send(self, out: list[tuple[bytes, tuple]]) -> None:
+        """Batched writes while the transport has nothing buffered; the transport takes the
+        rest (a full socket buffer: it queues them in order) and any address it must resolve."""
+        transport = self.transport
+        assert transport is not None
+        batch = self._batch
+        i, n = 0, len(out)
+        if batch is not None and not transport.get_write_buffer_size():
+            while True:
+                i = batch.send(out, i)
+                if i >= n or batch.blocked:
+                    break
+                self._sendto(transport, *out[i])
+                i += 1
+        for k in range(i, n):
+            self._sendto(transport, *out[k])
+
+    def _sendto(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple) -> None:
+        try:
+            transport.sendto(data, addr)
+        except (OSError, ValueError) as exc:  # e.g. an IPv6 peer on an IPv4 socket
+            self._send_errors += 1
+            log.debug("cannot send to %s: %s", addr, exc)
 
     def _arm(self) -> None:
         self._cancel_timer()
