@@ -146,3 +146,28 @@ async def test_exactly_once_delivery_through_a_lossy_relay(seed):
             assert server.get_stats().duplicates > 0
         finally:
             relay.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@on_uvloop
+async def test_ipv6_nodes_exchange_data_through_the_batched_sender():
+    received: list = []
+    v6 = dict(listen_address="[::1]:0")
+    async with P2PServer(config(**v6), on_data=received.append) as server, P2PServer(config(**v6)) as client:
+        peer_id = await client.connect_to_peer(f"[::1]:{server.local_address[1]}")
+        assert peer_id == server.node_id
+        # Many sends at once: the replies of one loop iteration leave in one batch.
+        await asyncio.gather(*(client.send(server.node_id, {"i": i}) for i in range(64)))
+        assert sorted(m.payload["i"] for m in received) == list(range(64))
+        assert client.get_stats().acks_received >= 64
+        assert server._endpoint.send_errors == 0 and client._endpoint.send_errors == 0
+        assert server._endpoint._batch.syscalls > 0  # the acks went out through it
