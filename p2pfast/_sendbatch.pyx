@@ -152,6 +152,8 @@ cdef class BatchSender:
         cdef object item, data, addr, host, port
         cdef const char* chost
         cdef long cport
+        if not 0 <= start <= n:
+            raise ValueError(f"start {start} outside 0..{n}")
         self.blocked = False
         if self.fd < 0:
             self.blocked = True

@@ -50,11 +50,12 @@ class BatchSender:
     transport would report them to ``error_received`` and drop them.
     """
 
-    __slots__ = ("_sock", "family", "blocked", "errors", "syscalls")
+    __slots__ = ("_sock", "_closed", "family", "blocked", "errors", "syscalls")
 
     def __init__(self, fd: int, family: int) -> None:
         self.family = family
         self._sock: socket.socket | None = None
+        self._closed = False
         if family in (socket.AF_INET, socket.AF_INET6):
             # A duplicate descriptor: closing this object never closes the transport's socket.
             self._sock = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(fd))
@@ -65,17 +66,20 @@ class BatchSender:
 
     def close(self) -> None:
         """Stop using the descriptor (the transport owns and closes the socket)."""
+        self._closed = True
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
     def send(self, items: list[tuple[bytes, tuple]], start: int = 0) -> int:
         """Send ``items[start:]``; return the index of the first pair not sent."""
+        if not 0 <= start <= len(items):
+            raise ValueError(f"start {start} outside 0..{len(items)}")
         self.blocked = False
-        sock = self._sock
-        if sock is None:
+        if self._closed:
             self.blocked = True
             return start
+        sock = self._sock  # None only for a family without IP literals: _target refuses all
         family = self.family
         for i in range(start, len(items)):
             item = items[i]
@@ -87,6 +91,7 @@ class BatchSender:
             target = _target(addr[0], addr[1], family)
             if target is None:
                 return i
+            assert sock is not None
             while True:
                 self.syscalls += 1
                 try:
