@@ -123,3 +123,30 @@ def test_acks_only_for_the_data_workload() -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "--acks coalesced applies to the data workload only" in proc.stderr
+
+
+def test_rounds_interleave_runs_and_report_median_ratios(tmp_path: Path) -> None:
+    impl = "pure" if NO_EXTENSIONS else "compiled"
+    out = tmp_path / "rounds.json"
+    proc = _bench(
+        "--peers", "2", "--duration", "0.3", "--window", "1", "--impl", impl, "--workload", "ping",
+        "--baseline", "--rounds", "2", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [(r["round"], r["kind"]) for r in doc["runs"]] == [
+        (1, "p2pfast"), (1, "baseline"), (2, "p2pfast"), (2, "baseline")
+    ]
+    per_round = [r["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"] for r in doc["ratios_per_round"]]
+    assert len(per_round) == 2 and all(x is not None and x > 0 for x in per_round)
+    median = doc["ratios"]["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"]
+    assert median == pytest.approx(sum(per_round) / 2, abs=0.002)  # median of two = their mean
+    assert "median over 2 rounds" in proc.stdout and " #2 " in proc.stdout
+
+
+def test_median_ratios_skips_missing_values() -> None:
+    from p2pfast.bench import median_ratios
+
+    rounds = [{"a": {"x": 1.0, "y": None}}, {"a": {"x": 3.0, "y": 2.0}}, {"a": {"x": 2.0}}]
+    assert median_ratios(rounds) == {"a": {"x": 2.0, "y": 2.0}}
+    assert median_ratios([{}]) == {}
