@@ -103,15 +103,15 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         assert transport is not None
         batch = self._batch
         i, n = 0, len(out)
-        if batch is not None and not transport.get_write_buffer_size():
-            while True:
+        while i < n:
+            if batch is not None and not transport.get_write_buffer_size():
                 i = batch.send(out, i)
-                if i >= n or batch.blocked:
+                if i >= n:
                     break
-                self._sendto(transport, *out[i])
-                i += 1
-        for k in range(i, n):
-            self._sendto(transport, *out[k])
+                if batch.blocked:  # socket buffer full: the transport queues the rest, in order
+                    batch = None
+            self._sendto(transport, *out[i])
+            i += 1
 
     def _sendto(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple) -> None:
         try:

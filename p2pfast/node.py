@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ._speedups import codec, receive, window
+from ._speedups import codec, receive
 from .addr import format_addr, parse_addr
 from .config import Config
 from .errors import ProtocolError, SendError, WindowFull

@@ -15,18 +15,14 @@ exactly what ``send`` wrote. No timing assertions; every receive is bounded by a
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import random
 import socket
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-NO_EXTENSIONS = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")
+from .conftest import NO_EXTENSIONS, _load
 
 RECV_TIMEOUT = 2.0
 SENTINEL = b"--sentinel--"
@@ -34,21 +30,10 @@ V4 = "127.0.0.1"
 V6 = "::1"
 
 
-def load(name: str, impl: str):
-    """``p2pfast.<name>`` compiled (impl "c") or its pure twin ``<name>_py`` (impl "py").
-
-    (A copy of ``load()`` in bench/conftest.py.)"""
-    if impl == "py":
-        return importlib.import_module(f"p2pfast.{name}_py")
-    if NO_EXTENSIONS:
-        pytest.skip("compiled extensions disabled by P2PFAST_NO_EXTENSIONS")
-    return importlib.import_module(f"p2pfast.{name}")
-
-
 @pytest.fixture(params=["c", "py"])
 def sendbatch(request):
     """The sendbatch module, compiled ([c]) and pure ([py])."""
-    return load("_sendbatch", request.param)
+    return _load("_sendbatch", request.param)
 
 
 def _compiled(mod) -> bool:
@@ -404,7 +389,7 @@ def test_ipv6_literal_on_ipv4_socket_stops(sendbatch, socks):
 
 @pytest.mark.parametrize("impl", ["c", "py"])
 def test_non_ip_family_is_not_blocked(impl, socks):
-    mod = load("_sendbatch", impl)
+    mod = _load("_sendbatch", impl)
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # unbound: nothing can be sent
     try:
         sender = socks.batch(mod, unix)
@@ -509,8 +494,8 @@ def test_twins_agree_on_mixed_items(socks):
         pytest.skip("compiled extensions disabled by P2PFAST_NO_EXTENSIONS")
     receiver = socks.receiver()
     items = _mixed_items(receiver.getsockname()[1])
-    c = _run_twin(load("_sendbatch", "c"), socks, receiver, items)
-    py = _run_twin(load("_sendbatch", "py"), socks, receiver, items)
+    c = _run_twin(_load("_sendbatch", "c"), socks, receiver, items)
+    py = _run_twin(_load("_sendbatch", "py"), socks, receiver, items)
     assert c == py
     records, errors, received = py
     # Stops at each unsendable pair (not at the four oversize ones: counted in errors, skipped);
@@ -528,7 +513,7 @@ def test_twins_agree_on_random_mixes(socks):
     receiver = socks.receiver()
     port = receiver.getsockname()[1]
     makers = list(BAD_ITEMS.values()) + [lambda p: (b"B" * 70_000, (V4, p))]
-    c_mod, py_mod = load("_sendbatch", "c"), load("_sendbatch", "py")
+    c_mod, py_mod = _load("_sendbatch", "c"), _load("_sendbatch", "py")
     for seed in range(5):
         rng = random.Random(seed)
         items = [
