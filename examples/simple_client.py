@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from p2pfast import Config, P2PServer
 from p2pfast.server import run
@@ -47,4 +48,7 @@ if __name__ == "__main__":
     parser.add_argument("name", help="this node's name")
     parser.add_argument("--network-id", default="p2p_default")
     args = parser.parse_args()
-    run(main(args.server, args.name, args.network_id))
+    try:
+        run(main(args.server, args.name, args.network_id))
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback
+        sys.exit(130)

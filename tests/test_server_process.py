@@ -283,23 +283,3 @@ def test_server_answers_a_handshake_with_new_uuid_forms(server, clients):
     ack = client.recv_type(T.Ack)
     assert ack.ack_for == rid  # simple form normalized to hyphenated lowercase
     assert client.recv_type(T.HandshakeResponse).payload["success"]
-
-
-def test_example_client_runs_its_whole_session(server):
-    from pathlib import Path
-
-    example = Path(__file__).resolve().parent.parent / "examples" / "simple_client.py"
-    result = subprocess.run(
-        [sys.executable, str(example), f"127.0.0.1:{server.addr[1]}", "alice", "--network-id", "test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("handshake ok") and server.node_id in lines[0]
-    assert lines[1] == "data acked"
-    assert "'echo': {'text': 'hello from alice'}" in lines[2]
-    assert lines[3].startswith("ping/pong: rtt")
-    assert lines[4].startswith("discovery: 1 node(s): alice@127.0.0.1:")
-    assert lines[5] == "disconnected"
