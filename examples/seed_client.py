@@ -73,21 +73,24 @@ class SeedClient:
         self.node_id = str(uuid.uuid4())
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(3.0)
         self.port = self.sock.getsockname()[1]
         self.pending: list[dict[str, Any]] = []
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendto(encode(message), self.server)
 
-    def receive(self, *message_types: str) -> dict[str, Any]:
+    def receive(self, *message_types: str, timeout: float = 3.0) -> dict[str, Any]:
         """The next message of one of ``message_types``; others are kept for later calls."""
         for i, message in enumerate(self.pending):
             if message["message_type"] in message_types:
                 return self.pending.pop(i)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            data, _ = self.sock.recvfrom(65_535)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data, _ = self.sock.recvfrom(65_535)
+            except (TimeoutError, ConnectionRefusedError):  # nothing, or nobody there (yet)
+                continue
             message = json.loads(data)
             if message["message_type"] in message_types:
                 return dict(message)
@@ -114,8 +117,14 @@ class SeedClient:
             sequence_number=1,
             requires_ack=True,
         )
-        self.send(request)
-        ack = self.receive("Ack")  # asked for with requires_ack; it comes first
+        for attempt in range(3):  # UDP may lose it, or the server may not be up yet
+            self.send(request)
+            try:
+                ack = self.receive("Ack", timeout=1.0 + attempt)  # asked for: it comes first
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    raise
         assert ack["ack_for"] == request["id"], ack
         reply = self.receive("HandshakeResponse", "Error")
         if reply["message_type"] == "Error":

@@ -27,8 +27,14 @@ from .netutil import SeedClient, ServerProcess
 ERROR = re.compile(r"^p2pfast-server: error: \S.*$")
 
 
-def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("P2PFAST_") or k.endswith("EXTENSIONS")}
+def run_module(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("P2PFAST_") or k.endswith("EXTENSIONS")
+    }
     return subprocess.run(
         [sys.executable, "-m", "p2pfast", *args],
         capture_output=True,
@@ -71,11 +77,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         (["-a", "127.0.0.1:99999"], ["listen_address", "port"]),
         (["--metrics", "::1:9100"], ["metrics_address", "[::1]:9100"]),
         (["--metrics", "nowhere"], ["metrics_address"]),
-        (["--heartbeat-interval", "30", "--connection-timeout", "10"], ["connection_timeout", "heartbeat_interval"]),
-        (["--heartbeat-interval", "5", "--connection-timeout", "5"], ["connection_timeout", "must exceed"]),
+        (
+            ["--heartbeat-interval", "30", "--connection-timeout", "10"],
+            ["connection_timeout", "heartbeat_interval"],
+        ),
+        (
+            ["--heartbeat-interval", "5", "--connection-timeout", "5"],
+            ["connection_timeout", "must exceed"],
+        ),
     ],
 )
-def test_every_command_line_mistake_is_one_line_and_exit_2(args: list[str], fragments: list[str]) -> None:
+def test_every_command_line_mistake_is_one_line_and_exit_2(
+    args: list[str], fragments: list[str]
+) -> None:
     line = assert_one_line_error(run_module(*args), *fragments)
     assert "Usage:" not in line and "Try " not in line
 
@@ -86,15 +100,21 @@ def test_click_errors_are_not_shown_in_the_three_line_usage_form() -> None:
 
 
 def test_environment_mistakes_are_one_line() -> None:
-    assert_one_line_error(run_module(env={"P2PFAST_LOG_LEVEL": "verbose"}), "P2PFAST_LOG_LEVEL", "'verbose'")
-    assert_one_line_error(run_module(env={"P2PFAST_MAX_CONNECTIONS": "many"}), "P2PFAST_MAX_CONNECTIONS")
+    assert_one_line_error(
+        run_module(env={"P2PFAST_LOG_LEVEL": "verbose"}), "P2PFAST_LOG_LEVEL", "'verbose'"
+    )
+    assert_one_line_error(
+        run_module(env={"P2PFAST_MAX_CONNECTIONS": "many"}), "P2PFAST_MAX_CONNECTIONS"
+    )
     assert_one_line_error(run_module(env={"P2PFAST_LISTEN_ADDRESS": "::1:9301"}), "[::1]:9301")
 
 
 def test_config_file_value_that_clashes_is_refused(tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"heartbeat_interval": 60, "connection_timeout": 30}')
-    assert_one_line_error(run_module("-c", str(path)), "connection_timeout (30s) must exceed heartbeat_interval (60s)")
+    assert_one_line_error(
+        run_module("-c", str(path)), "connection_timeout (30s) must exceed heartbeat_interval (60s)"
+    )
 
 
 def test_config_refuses_a_timeout_not_above_the_heartbeat() -> None:
@@ -147,7 +167,10 @@ def test_server_warns_once_per_unknown_variable_and_clashing_setting_then_runs()
         assert proc.proc.poll() is None
     warnings = [line for line in head.splitlines() if line.startswith("p2pfast-server: warning: ")]
     assert len(warnings) == 2, head
-    assert "P2PFAST_HEARTBEAT_INTERVL is ignored (did you mean P2PFAST_HEARTBEAT_INTERVAL?)" in warnings[0]
+    assert (
+        "P2PFAST_HEARTBEAT_INTERVL is ignored (did you mean P2PFAST_HEARTBEAT_INTERVAL?)"
+        in warnings[0]
+    )
     assert "under twice heartbeat_interval" in warnings[1]
 
 
@@ -169,7 +192,16 @@ def test_help_exits_zero_and_lists_the_new_options() -> None:
 
 def test_python_dash_m_p2pfast_runs_the_server() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pfast", "-a", "127.0.0.1:0", "--disable-discovery", "--network-id", "test"],
+        [
+            sys.executable,
+            "-m",
+            "p2pfast",
+            "-a",
+            "127.0.0.1:0",
+            "--disable-discovery",
+            "--network-id",
+            "test",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -210,8 +242,12 @@ def test_occupied_metrics_port_is_one_line() -> None:
     busy.listen()
     try:
         port = busy.getsockname()[1]
-        result = run_module("-a", "127.0.0.1:0", "--disable-discovery", "--metrics", f"127.0.0.1:{port}")
-        assert_one_line_error(result, "cannot serve metrics", f"127.0.0.1:{port}", "address already in use")
+        result = run_module(
+            "-a", "127.0.0.1:0", "--disable-discovery", "--metrics", f"127.0.0.1:{port}"
+        )
+        assert_one_line_error(
+            result, "cannot serve metrics", f"127.0.0.1:{port}", "address already in use"
+        )
     finally:
         busy.close()
 
@@ -266,7 +302,9 @@ def test_log_level_from_environment_works_like_the_flag() -> None:
         quiet = _rest_of_stderr(proc)
     assert " INFO " not in quiet and "connected from" not in quiet
     assert "handshake from" in quiet  # the refusal is a warning
-    with ServerProcess("--network-id", "test", "--log-level", "info", env={"P2PFAST_LOG_LEVEL": "error"}) as proc:
+    with ServerProcess(
+        "--network-id", "test", "--log-level", "info", env={"P2PFAST_LOG_LEVEL": "error"}
+    ) as proc:
         _busy_session(proc, 10)
         flag_wins = _rest_of_stderr(proc)
     assert "connected from" in flag_wins
@@ -276,8 +314,14 @@ def test_debug_log_shows_per_peer_events_present_in_the_engine() -> None:
     """What the engine logs today at debug level and above, per peer: the handshake result,
     refusals, evictions (at info/warning, so also visible at debug)."""
     with ServerProcess(
-        "--network-id", "test", "--log-level", "debug",
-        "--heartbeat-interval", "0.3", "--connection-timeout", "0.9",
+        "--network-id",
+        "test",
+        "--log-level",
+        "debug",
+        "--heartbeat-interval",
+        "0.3",
+        "--connection-timeout",
+        "0.9",
     ) as proc:
         _busy_session(proc, 10)
         time.sleep(1.5)  # the silent peer is evicted
@@ -307,7 +351,11 @@ def test_debug_log_shows_handshake_steps_and_retransmissions() -> None:
 def test_ctrl_c_during_start_up_exits_quietly() -> None:
     """SIGINT as soon as the command runs (its first output is the warning about an unknown
     variable), i.e. while it loads its config, imports the server and binds."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PFAST_") or k.endswith("EXTENSIONS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("P2PFAST_") or k.endswith("EXTENSIONS")
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pfast", "-a", "127.0.0.1:0", "--disable-discovery"],
         stdout=subprocess.PIPE,

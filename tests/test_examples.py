@@ -52,7 +52,9 @@ def hub():
 
 
 def test_simple_client_runs_its_whole_session(hub: ServerProcess) -> None:
-    result = run_example("simple_client.py", f"127.0.0.1:{hub.addr[1]}", "alice", "--network-id", "test")
+    result = run_example(
+        "simple_client.py", f"127.0.0.1:{hub.addr[1]}", "alice", "--network-id", "test"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("handshake ok") and hub.node_id in lines[0]
@@ -67,7 +69,12 @@ def test_simple_client_stopped_with_ctrl_c_exits_quietly() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers the handshake
     silent.bind(("127.0.0.1", 0))
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "simple_client.py"), f"127.0.0.1:{silent.getsockname()[1]}", "x"],
+        [
+            sys.executable,
+            str(EXAMPLES / "simple_client.py"),
+            f"127.0.0.1:{silent.getsockname()[1]}",
+            "x",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -135,7 +142,9 @@ def test_seed_client_session_against_the_server(hub: ServerProcess) -> None:
 def test_seed_client_refused_says_why_in_one_line(hub: ServerProcess) -> None:
     result = run_example("seed_client.py", f"127.0.0.1:{hub.addr[1]}", "--network-id", "other")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["seed_client: 网络ID不匹配: 期望 test，收到 other"]
+    assert result.stderr.strip().splitlines() == [
+        "seed_client: 网络ID不匹配: 期望 test，收到 other"  # noqa: RUF001 (the Rust text)
+    ]
 
 
 # -- chat.py --------------------------------------------------------------------------------------
@@ -147,7 +156,14 @@ class ChatProcess:
     def __init__(self, hub: ServerProcess, name: str) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "chat.py"), f"127.0.0.1:{hub.addr[1]}", name, "--network-id", "test"],
+            [
+                sys.executable,
+                str(EXAMPLES / "chat.py"),
+                f"127.0.0.1:{hub.addr[1]}",
+                name,
+                "--network-id",
+                "test",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -189,8 +205,8 @@ class ChatProcess:
 def test_chat_between_two_nodes_through_the_hub(hub: ServerProcess) -> None:
     alice, bob = ChatProcess(hub, "alice"), ChatProcess(hub, "bob")
     try:
-        alice.expect("joined 127.0.0.1:%d as alice" % hub.addr[1])
-        bob.expect("joined 127.0.0.1:%d as bob" % hub.addr[1])
+        alice.expect(f"joined 127.0.0.1:{hub.addr[1]} as alice")
+        bob.expect(f"joined 127.0.0.1:{hub.addr[1]} as bob")
         alice.say("hello bob")
         alice.expect("* sent to 1 of 1")
         bob.expect("[alice] hello bob")
@@ -219,4 +235,6 @@ def test_chat_to_a_hub_that_is_not_there_fails_in_one_line() -> None:
     result = run_example("chat.py", f"127.0.0.1:{port}", "carol", timeout=60)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"chat: cannot join 127.0.0.1:{port}"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"chat: cannot join 127.0.0.1:{port}"), (
+        result.stderr
+    )

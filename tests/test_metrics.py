@@ -62,7 +62,11 @@ def test_scrape_reports_the_node_and_values_move_after_traffic(server_with_metri
     assert value(before, "p2pfast_messages_received_total", type="Ping") == 0
     assert value(before, "p2pfast_handshakes_total") == 0
     info = [key for key in before if key[0] == "p2pfast_node_info"]
-    assert len(info) == 1 and ("node_id", proc.node_id) in info[0][1] and ("network_id", "test") in info[0][1]
+    assert (
+        len(info) == 1
+        and ("node_id", proc.node_id) in info[0][1]
+        and ("network_id", "test") in info[0][1]
+    )
     # Every type is listed from the start (so rate() works), received and sent.
     for name in TYPE_NAMES:
         assert value(before, "p2pfast_messages_sent_total", type=name) >= 0
@@ -96,7 +100,9 @@ def test_scrape_reports_the_node_and_values_move_after_traffic(server_with_metri
     assert value(after, "p2pfast_rejected_total", reason="not_json") == 3
     assert value(after, "p2pfast_rejected_total", reason="handshake_required") == 1
     assert value(after, "p2pfast_datagrams_received_total") >= 13
-    assert value(after, "p2pfast_received_bytes_total") > value(before, "p2pfast_received_bytes_total")
+    assert value(after, "p2pfast_received_bytes_total") > value(
+        before, "p2pfast_received_bytes_total"
+    )
     assert value(after, "p2pfast_uptime_seconds") > value(before, "p2pfast_uptime_seconds")
     # Conventions: our names are prefixed, counters end in _total.
     ours = {name for name, _ in after if not name.startswith(("python_", "process_"))}
@@ -126,14 +132,24 @@ def make_stats(**overrides: Any) -> ServerStats:
 
 
 def test_metric_families_map_every_counter() -> None:
-    families = {f.name: f for f in metric_families(make_stats(), network_id="n", implementation="pure")}
+    families = {
+        f.name: f for f in metric_families(make_stats(), network_id="n", implementation="pure")
+    }
     assert families["p2pfast_peers"].samples[0].value == 3
     assert families["p2pfast_messages_in_flight"].samples[0].value == 4
     assert families["p2pfast_messages_received"].type == "counter"
-    received = {s.labels["type"]: s.value for s in families["p2pfast_messages_received"].samples if s.name.endswith("_total")}
+    received = {
+        s.labels["type"]: s.value
+        for s in families["p2pfast_messages_received"].samples
+        if s.name.endswith("_total")
+    }
     assert received["Data"] == 10 and received["Ping"] == 2 and received["Pong"] == 0
     assert len(received) == len(TYPE_NAMES)
-    rejected = {s.labels["reason"]: s.value for s in families["p2pfast_rejected"].samples if s.name.endswith("_total")}
+    rejected = {
+        s.labels["reason"]: s.value
+        for s in families["p2pfast_rejected"].samples
+        if s.name.endswith("_total")
+    }
     assert rejected == {"not_json": 2, "handshake_required": 1}
     assert families["p2pfast_acks_received"].samples[0].value == 9
     assert families["p2pfast_acks_received"].samples[0].name == "p2pfast_acks_received_total"
