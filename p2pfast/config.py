@@ -75,10 +75,7 @@ class Config:
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the first bad key."""
-        try:
-            parse_addr(self.listen_address)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"listen_address: {exc}") from None
+        _address("listen_address", self.listen_address)
         _positive_int("max_connections", self.max_connections)
         _positive_number("heartbeat_interval", self.heartbeat_interval)
         _positive_number("connection_timeout", self.connection_timeout)
@@ -136,10 +133,7 @@ class Config:
         if type(self.stats_interval) not in (int, float) or self.stats_interval < 0:
             raise ConfigError("stats_interval: expected a number >= 0")
         if self.metrics_address is not None:
-            try:
-                parse_addr(self.metrics_address)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"metrics_address: {exc}") from None
+            _address("metrics_address", self.metrics_address)
 
     def advisories(self) -> list[str]:
         """Settings that work but probably not as intended: one line each, for a warning."""
@@ -262,6 +256,31 @@ def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
         hint = f" (did you mean P2PFAST_{guess[0]}?)" if guess else ""
         notes.append(f"unknown environment variable {name} is ignored{hint}")
     return notes
+
+
+def _address(key: str, text: Any) -> None:
+    """Check an ``ip:port`` value; the error says how to write what was probably meant."""
+    try:
+        parse_addr(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {address_hint(text) or exc}") from None
+
+
+def address_hint(text: Any) -> str | None:
+    """What to write instead of a common mistake: a bare IPv6 address, a host name."""
+    if not isinstance(text, str) or text.startswith("["):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if ":" in host:
+        return f"write an IPv6 address in brackets: [{host}]:{port}"
+    if host and not host.replace(".", "").isdigit():
+        return (
+            f"{host!r} is a host name: write an IP address here "
+            "(p2pfast-server resolves host names given with -a/--metrics or in the environment)"
+        )
+    return None
 
 
 def _positive_int(key: str, value: Any) -> None:

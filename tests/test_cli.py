@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -391,3 +392,50 @@ def test_ctrl_c_while_serving_disconnects_and_exits_zero() -> None:
         err = proc.proc.stderr.read()  # type: ignore[union-attr]
     assert "Traceback" not in err
     assert "stopped: sent Disconnect to 1 peers" in err
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"listen_address": "localhost:9300"}', "'localhost' is a host name: write an IP address"),
+        ('{"listen_address": "::1:9301"}', "[::1]:9301"),
+        ('{"metrics_address": "fe80::1:9100"}', "[fe80::1]:9100"),
+    ],
+)
+def test_address_mistakes_in_a_config_file_say_what_to_write(
+    tmp_path: Path, content: str, fragment: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    assert_one_line_error(run_module("-c", str(path)), fragment)
+
+
+def test_host_name_in_the_environment_is_resolved() -> None:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("P2PFAST_") or k.endswith("EXTENSIONS")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pfast", "--disable-discovery"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, "P2PFAST_LISTEN_ADDRESS": "localhost:0"},
+    )
+    try:
+        match = None
+        deadline = time.monotonic() + 20
+        while match is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            match = re.search(r"listening on (\S+):(\d+) node_id=", line)
+        assert match, "no ready line"
+        assert match.group(1) in ("127.0.0.1", "[::1]")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()  # type: ignore[union-attr]
