@@ -147,7 +147,7 @@ def _log_level(flag: str | None, env: Mapping[str, str]) -> str:
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    help="JSON config file (the seed's format).",
+    help="JSON config file (the Rust server's config.json format).",
 )
 @click.option("--network-id", help="Network id peers must present [default: p2p_default].")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats [default: 30].")
