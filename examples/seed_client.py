@@ -130,6 +130,18 @@ class SeedClient:
         if reply["message_type"] == "Error":
             raise ConnectionRefusedError(reply["payload"]["error"])
         self.receive("DiscoveryResponse")  # the first slice of the peer list
+        token = reply["payload"].get("token")
+        if isinstance(token, str):
+            # A p2pfast server limits what it sends to an address until that address proves it
+            # receives there, by echoing this token in an Ack (docs/protocol.md, 12.2). A
+            # Rust-protocol client that skips this still works, within that limit.
+            ack = envelope(
+                "Ack",
+                {"token": token},
+                sender_addr=f"127.0.0.1:{self.port}",
+                ack_for=reply["id"],
+            )
+            self.send(ack)
         return dict(reply["payload"])
 
     def close(self) -> None:

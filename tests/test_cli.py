@@ -383,7 +383,8 @@ def test_ctrl_c_while_serving_disconnects_and_exits_zero() -> None:
         try:
             data, _, _ = handshake("c", network_id="test")
             client.send(data)
-            client.recv_type(T.HandshakeResponse)
+            client.prove(client.recv_type(T.HandshakeResponse))
+            time.sleep(0.1)
             proc.proc.send_signal(signal.SIGINT)
             assert proc.proc.wait(10) == 0
             assert client.recv_type(T.Disconnect).payload == {"reason": "shutdown"}
