@@ -193,3 +193,19 @@ def test_library_node_serves_metrics_from_its_own_loop() -> None:
             assert value(samples, "p2pfast_handshakes_total") == 1
 
     scenario()
+
+
+def test_every_scalar_counter_of_the_stats_is_exported() -> None:
+    """A counter added to ServerStats must get a metric (COUNTERS in p2pfast/metrics.py)."""
+    import dataclasses
+
+    from p2pfast.metrics import COUNTERS
+
+    exported = {field_name for field_name, _, _ in COUNTERS}
+    scalar = {
+        f.name
+        for f in dataclasses.fields(ServerStats)
+        if f.type in ("int", int) and f.name not in ("uptime",)
+    }
+    assert scalar, "no scalar counters found: the test no longer sees ServerStats' fields"
+    assert scalar <= exported, scalar - exported
