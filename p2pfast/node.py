@@ -140,6 +140,24 @@ def _is_echo(payload: Any) -> bool:
     return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
 
 
+def _union(ranges: list[list[int]]) -> list[tuple[int, int]]:
+    """Sorted ``[lo, hi]`` ranges with adjacent and overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of a token (any string a peer sends, non-ASCII included)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def _guess_refusal(text: str) -> str:
     """The code of a refusal from a peer that sends none (the Rust server's texts)."""
     if "网络ID不匹配" in text or "network" in text.lower():
@@ -416,7 +434,11 @@ class Node:
     def flush_acks(self) -> None:
         """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
         ranges in the payload (``{"seq": [[lo, hi], ...]}``, each shorter than
-        ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received."""
+        ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received.
+
+        Like a QUIC ACK frame, the Ack also repeats the newest runs its duplicate filter has
+        seen (up to ``MAX_ACK_RANGES`` ranges in all), so a lost Ack is made good by the next
+        one instead of by a retransmission timeout."""
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
@@ -430,6 +452,12 @@ class Node:
                     lo = seq
                 hi = seq
             ranges.append([lo, hi])
+            if len(ranges) < MAX_ACK_RANGES:
+                owed = _union(ranges)
+                for lo, hi in peer.dup.ranges(MAX_ACK_RANGES - len(ranges)):
+                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1)
+                    if not any(a <= lo and hi <= b for a, b in owed):
+                        ranges.append([lo, hi])
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
                     T_ACK,
@@ -705,7 +733,7 @@ class Node:
         payload = msg.payload
         if type(payload) is dict and peer.echo_token:
             token = payload.get("token")
-            if type(token) is str and hmac.compare_digest(token, peer.echo_token):
+            if type(token) is str and _same_token(token, peer.echo_token):
                 self._echo_token(peer, msg.id, now)
 
     def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
@@ -965,6 +993,9 @@ class Node:
             if win.on_ack(ack_for, now) < 0:
                 return
             self._events.append(SendCompleted(ack_for))
+        for _seq, data in win.lost(now):  # later messages got through: these did not
+            self.counters.retransmits += 1
+            self._queue(data, peer, T_DATA)
         if peer.window_blocked:
             peer.window_blocked = False
             self._events.append(WindowOpened(peer.node_id))
@@ -973,7 +1004,7 @@ class Node:
 
     def _check_token(self, peer: Peer, token: Any, now: float) -> None:
         """The peer echoed a token: its address is proven when it is the one we gave it."""
-        if peer.token and type(token) is str and hmac.compare_digest(token, peer.token):
+        if peer.token and type(token) is str and _same_token(token, peer.token):
             peer.proven = True
             peer.token = ""
             log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
