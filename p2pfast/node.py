@@ -1041,7 +1041,10 @@ class Node:
             if win.on_ack(ack_for, now) < 0:
                 return
             self._hop_completed(ack_for)
-        for _seq, data in win.lost(now):  # later messages got through: these did not
+        lost = win.lost(now)
+        if lost:
+            log.debug("retransmitting %d message(s) to peer %s: later ones were acked", len(lost), peer.node_id)
+        for _seq, data in lost:  # later messages got through: these did not
             self.counters.retransmits += 1
             self._queue(data, peer, T_DATA)
         if peer.window_blocked:
@@ -1120,6 +1123,7 @@ class Node:
             self.counters.reject("bad_payload")
             return
         self.counters.retransmit_requests += 1
+        log.debug("peer %s asks for %d retransmission(s)", peer.node_id, len(numbers))
         # Refill the per-peer allowance (a token bucket of RESEND_BURST at RESEND_RATE/s).
         elapsed = now - peer.resend_at
         peer.resend_at = now
@@ -1514,6 +1518,11 @@ class Node:
         for peer in list(self._inflight):
             win = peer.window
             resend, failed = win.due(now)
+            if resend:
+                log.debug(
+                    "retransmitting %d message(s) to peer %s on timeout (rto %.3f s)",
+                    len(resend), peer.node_id, win.rto,
+                )
             for _seq, data in resend:
                 counters.retransmits += 1
                 self._queue(data, peer, T_DATA)
@@ -1554,6 +1563,7 @@ class Node:
                 self._gapped.discard(peer)
                 continue
             self.counters.retransmit_requests += 1
+            log.debug("asking peer %s to retransmit %d message(s)", peer.node_id, len(missing))
             self._queue(encode(T_RETRANSMIT, {"sequence_numbers": missing}, ts), peer, T_RETRANSMIT)
             peer.gap_requests += 1
             wait = max(self.config.gap_delay, peer.window.rto) * 2.0 ** peer.gap_requests
@@ -1698,6 +1708,7 @@ class Node:
         """Refuse a peer's request: counted, and a small Error (within the budget) that names
         the refused message in ``ack_for`` when given."""
         self.counters.reject(code)
+        log.debug("refused a request from peer %s (%s): %.200s", peer.node_id, code, text)
         self._error_to(peer, text, code, now, answering)
 
     def _error_to(
