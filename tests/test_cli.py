@@ -364,11 +364,6 @@ def test_debug_log_shows_outgoing_handshake_steps_and_info_does_not() -> None:
     assert target not in info and " DEBUG " not in info
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.py (the integrator's) logs no debug line yet when it retransmits, asks for "
-    "or answers a Retransmit, or refuses a peer's request (_refuse); see the report",
-)
 def test_debug_log_shows_retransmissions_and_refusals(caplog: pytest.LogCaptureFixture) -> None:
     """A library node sends reliable Data to a p2pfast peer that never acknowledges it."""
     import asyncio
