@@ -934,7 +934,7 @@ class Node:
             if destination == self.node_id and original.get("requires_ack") is True:
                 message_id = original.get("id")
                 if type(message_id) is str:  # our confirmation may have been lost: again
-                    self._confirm_delivery(source, message_id, now)
+                    self._confirm_delivery(source, message_id, peer, now)
             return True
         hop_count += 1
         if hop_count > max_hops:
@@ -993,7 +993,7 @@ class Node:
         message_id = original.get("id")
         self._deliver(peer, source, original.get("payload"), message_id or "", route_id, hops, now)
         if original.get("requires_ack") is True and type(message_id) is str:
-            self._confirm_delivery(source, message_id, now)
+            self._confirm_delivery(source, message_id, peer, now)
         return True
 
     def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1345,13 +1345,17 @@ class Node:
             "source_node": self.node_id,
         }
 
-    def _confirm_delivery(self, destination: str, message_id: str, now: float) -> None:
+    def _confirm_delivery(self, destination: str, message_id: str, via: Peer, now: float) -> None:
         """Tell the origin of a routed message we received that we have it (a routed Ack,
-        carried reliably hop by hop like any routed message; its own events stay internal)."""
+        carried reliably hop by hop like any routed message; its own events stay internal).
+        Without a route of our own to the origin (we may not have heard of it yet), the
+        confirmation goes back the way the message came, through ``via``."""
         hop = self.peers_by_id.get(destination)
         if hop is None:
             hop_id = self.routes.next_hop(destination)
             hop = self.peers_by_id.get(hop_id) if hop_id is not None else None
+        if hop is None and self.peers_by_id.get(via.node_id) is via:
+            hop = via
         if hop is None:
             self.counters.reject("confirmation_unroutable")
             return
