@@ -62,24 +62,7 @@ def test_readme_has_the_blocks_this_test_runs() -> None:
     assert any("pip install" in b for b in blocks("bash"))
 
 
-#: README python blocks that fail today because of a known engine defect (strict: the test
-#: fails as soon as the defect is fixed, so the mark gets removed).
-KNOWN_DEFECTS = {
-    0: "the destination of a routed reliable send confirms it only over a learned route: bob "
-    "has none back to alice until the hub's debounced announcement, so alice's send times out "
-    "(rejected confirmation_unroutable) although bob has the message",
-}
-
-
-@pytest.mark.parametrize(
-    "index",
-    [
-        pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[i]))
-        if i in KNOWN_DEFECTS
-        else i
-        for i in range(len(blocks("python")))
-    ],
-)
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_readme_python_block_runs(index: int, tmp_path: Path) -> None:
     code = blocks("python")[index]
     expected = re.findall(r"#\s*prints:\s*(.*)$", code, re.M)
