@@ -209,3 +209,19 @@ def test_every_scalar_counter_of_the_stats_is_exported() -> None:
     }
     assert scalar, "no scalar counters found: the test no longer sees ServerStats' fields"
     assert scalar <= exported, scalar - exported
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Node._log_stats (node.py, the integrator's) still writes 'acks=%d/%d'; the one-line "
+    "change: log.info('%s', format_stats_line(self.get_stats(now)))",
+)
+def test_server_stats_log_line_has_labels_a_reader_understands() -> None:
+    with ServerProcess("--network-id", "test", "--stats-interval", "0.3") as proc:
+        time.sleep(1.0)
+        assert proc.terminate() == 0
+        text = "".join(proc.stderr_lines) + proc.proc.stderr.read()  # type: ignore[union-attr]
+    lines = [line for line in text.splitlines() if "stats:" in line]
+    assert lines, text
+    assert all("acks=" not in line for line in lines), lines
+    assert any("peers, datagrams" in line and "messages acked by us" in line for line in lines)
