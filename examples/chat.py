@@ -29,9 +29,14 @@ async def stdin_lines() -> asyncio.StreamReader:
     return reader
 
 
+def node_id_of(entry: Any) -> str:
+    """The node id of a peer-list entry (a ``PeerInfo``, or the JSON object of older versions)."""
+    return str(entry.node_id if hasattr(entry, "node_id") else entry["id"])
+
+
 def others(entries: list[Any], me: str) -> list[str]:
     """Node ids in a peer list, without our own."""
-    return [entry["id"] for entry in entries if entry["id"] != me]
+    return [node for node in map(node_id_of, entries) if node != me]
 
 
 async def chat(hub_addr: str, name: str, network_id: str) -> None:
