@@ -71,10 +71,12 @@ class WindowOpened(Event):
 
 @dataclass(slots=True)
 class PongReceived(Event):
-    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds."""
+    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds. ``ping_id`` is the id of the
+    Ping it answers (as :meth:`Node.ping` returned it)."""
 
     node_id: str
     rtt: float
+    ping_id: str = ""
 
 
 @dataclass(slots=True)
@@ -85,14 +87,22 @@ class PeerListReceived(Event):
     node_id: str
     entries: list
     full_info: bool
+    #: The id of the request this answers (as :meth:`Node.request_peers` returned it), None
+    #: for an unsolicited broadcast.
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
 class ConnectFailed(Event):
-    """An outgoing handshake to ``addr`` was refused (``reason`` is the peer's error text) or timed out."""
+    """An outgoing handshake to ``addr`` failed. ``code``: ``timeout``, ``network_mismatch``,
+    ``server_full``, ``node_id_taken``, ``invalid_node_info``, ``refused`` (another refusal),
+    ``shutdown``, ``busy`` (too many handshakes pending) or ``family`` (IPv4 node, IPv6 peer or
+    the reverse). ``reason`` is English text; ``peer_text`` keeps the peer's own words."""
 
     addr: tuple
     reason: str
+    code: str = ""
+    peer_text: str = ""
 
 
 __all__ = [
