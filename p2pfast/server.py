@@ -473,11 +473,11 @@ class P2PServer:
         for waiters in self._connects.values():
             for fut, _ in waiters:
                 _fail(fut, ServerClosed(str(exc)))
-        for fut, node_id in self._sends.values():
-            _fail(fut, SendShutdown("shutdown", f"server stopped before {node_id} acknowledged"))
+        for sent, node_id in self._sends.values():
+            _fail(sent, SendShutdown("shutdown", f"server stopped before {node_id} acknowledged"))
         for futs in self._window_waiters.values():
-            for fut in futs:
-                _fail(fut, SendShutdown("shutdown", "server stopped while the send waited"))
+            for waiter in futs:
+                _fail(waiter, SendShutdown("shutdown", "server stopped while the send waited"))
         for ping in self._pings.values():
             _fail(ping, ServerClosed("server stopped before the pong"))
         for lst in self._lists.values():

@@ -273,7 +273,7 @@ async def test_a_failed_send_is_an_event_too():
             kinds = []
             while not any(isinstance(e, SendFailed) for e in kinds):
                 kinds.append(await asyncio.wait_for(events.__anext__(), 5))
-            failed = [e for e in kinds if isinstance(e, SendFailed)][0]
+            failed = next(e for e in kinds if isinstance(e, SendFailed))
             assert failed.reason == "timeout"
         finally:
             relay.close()
@@ -306,13 +306,12 @@ def test_help_shows_the_server_the_config_and_the_events():
 def test_every_public_method_has_a_docstring(cls):
     missing = []
     for name, member in inspect.getmembers(cls):
-        if name.startswith("_") and name not in ("__init__", "__aiter__", "__anext__"):
-            continue
-        if name in ("__init__", "__aiter__", "__anext__"):
-            continue  # documented on the class
-        if callable(member) or isinstance(member, property):
-            if not (inspect.getdoc(member) or "").strip():
-                missing.append(name)
+        if name.startswith("_"):
+            continue  # dunders are documented on the class
+        if (callable(member) or isinstance(member, property)) and not (
+            inspect.getdoc(member) or ""
+        ).strip():
+            missing.append(name)
     assert missing == [] and inspect.getdoc(cls)
 
 

@@ -122,7 +122,7 @@ async def test_stop_fails_every_waiter_promptly_and_ends_the_streams():
             await asyncio.sleep(0.2)
             assert not any(t.done() for t in waiting.values())
             await asyncio.wait_for(server.stop(), BOUND)
-            done, pending = await asyncio.wait(waiting.values(), timeout=BOUND)
+            _, pending = await asyncio.wait(waiting.values(), timeout=BOUND)
             assert not pending
             for name in ("ping", "ping5", "list", "connect"):
                 exc = waiting[name].exception()

@@ -49,7 +49,7 @@ async def test_sixteen_handshakes_through_thirty_percent_loss_all_succeed():
             for client in clients:
                 await client.start()
             results = await asyncio.gather(
-                *(c.connect_to_peer(a, timeout=15) for c, a in zip(clients, addrs)),
+                *(c.connect_to_peer(a, timeout=15) for c, a in zip(clients, addrs, strict=True)),
                 return_exceptions=True,
             )
             failed = [r for r in results if isinstance(r, BaseException)]
