@@ -99,6 +99,8 @@ class _Inbox(Generic[T]):
         self.closed = False
         self.limit = limit
         self.dropped = 0
+        #: The engine whose messages these are (told when the application takes one).
+        self.owner: Node | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -173,7 +175,9 @@ class MessageStream:
         if item is None:
             self._closed = True
             raise StopAsyncIteration
-        self._server._consumed(1)
+        owner = self._inbox.owner
+        if owner is not None and not owner.closed:
+            owner.app_consumed(1)
         return item
 
     async def aclose(self) -> None:
@@ -231,15 +235,18 @@ class EventStream:
 class P2PServer:
     """A p2pfast node on asyncio (uvloop recommended): server and client at once.
 
-    ``config``: the node's settings. ``on_data``: called with each
-    :class:`~p2pfast.events.DataReceived` (sync or async; an async handler is awaited),
-    at most ``handler_concurrency`` at a time, started in arrival order; without it, read
-    data with :meth:`messages`. ``on_event``: called with each lifecycle event (see
-    :meth:`events`), one at a time. ``echo``: with neither ``on_data`` nor ``messages()``,
-    answer plain Data with ``{echo, timestamp}`` as the Rust server does (``p2pfast-server``
-    turns it on; a library node does not echo unless asked). ``max_queued_messages``: received
-    messages the application may hold before the engine stops acknowledging new ones (0 =
-    unbounded). ``max_queued_events``: bound of each events() stream.
+    - ``config``: the node's settings.
+    - ``on_data``: called with each :class:`~p2pfast.events.DataReceived` (sync or async; an
+      async handler is awaited), at most ``handler_concurrency`` at a time, started in
+      arrival order. Without it, read data with :meth:`messages`.
+    - ``on_event``: called with each lifecycle event (see :meth:`events`), one at a time;
+      stop() waits until it has seen the shutdown's events.
+    - ``echo``: with neither ``on_data`` nor ``messages()``, answer plain Data with
+      ``{echo, timestamp}`` as the Rust server does (``p2pfast-server`` turns it on; a
+      library node does not echo unless asked).
+    - ``max_queued_messages``: received messages the application may hold before the engine
+      stops acknowledging new ones (0 = unbounded).
+    - ``max_queued_events``: bound of each events() stream.
     """
 
     def __init__(
@@ -281,6 +288,7 @@ class P2PServer:
         self._event_inboxes: list[_Inbox[Event]] = []
         self._on_event_inbox: _Inbox[Event] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining: set[asyncio.Task[None]] = set()
         self._reset_waiters()
 
     def _reset_waiters(self) -> None:
@@ -359,6 +367,8 @@ class P2PServer:
             if self._on_data is not None:
                 inbox = _Inbox()
             node.app_attached = inbox is not None
+            if inbox is not None:
+                inbox.owner = node
             self._reset_waiters()
             self._loop = loop
             self._node = node
@@ -383,7 +393,7 @@ class P2PServer:
             events: _Inbox[Event] = _Inbox(self._max_queued_events)
             self._on_event_inbox = events
             self._event_inboxes.append(events)
-            self._spawn(self._run_event_handler(events), "p2pfast on_event")
+            self._spawn(self._run_event_handler(events), "p2pfast on_event", drain=True)
         self._spawn(self._guard(), "p2pfast guard")
         log.info(
             "listening on %s as %s (network %s)",
@@ -455,11 +465,12 @@ class P2PServer:
             inbox.close()
         self._event_inboxes.clear()
         loop_closed = self._loop_closed()
+        current = None if loop_closed else _current_task()
         for task in self._tasks:
             if loop_closed:  # it can never run again: do not report it as destroyed pending
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
-            else:
-                task.cancel()
+            elif task is not current and task not in self._draining:
+                task.cancel()  # (a handler that called stop() itself finishes on its own)
         if loop_closed:
             self._tasks.clear()
         if self._transport is not None and not self._loop_closed():
@@ -795,23 +806,23 @@ class P2PServer:
         if self._endpoint is not None:
             self._endpoint.flush()
 
-    def _consumed(self, count: int) -> None:
-        node = self._node
-        if node is not None and not node.closed:
-            node.app_consumed(count)
-
     def _release_stream(self, stream: MessageStream) -> None:
         if self._stream is not None and self._stream() is stream:
             self._stream = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, drain: bool = False) -> None:
+        """Run a task of this server; stop() cancels it, or with ``drain`` lets it finish
+        what its (closed) inbox still holds, and awaits it either way."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.append(task)
+        if drain:
+            self._draining.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task in self._tasks:
             self._tasks.remove(task)
+        self._draining.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("p2pfast task %s failed", task.get_name(), exc_info=task.exception())
 
@@ -925,6 +936,13 @@ class P2PServer:
             for inbox in self._event_inboxes
             if not inbox.closed and (id(inbox) in live or inbox is self._on_event_inbox)
         ]
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:

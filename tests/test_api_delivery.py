@@ -228,3 +228,28 @@ async def test_disconnect_returns_once_pending_sends_have_failed():
         # The rule: calls that may wait are coroutines; request_peers() never waits.
         assert asyncio.iscoroutinefunction(server.disconnect)
         assert not asyncio.iscoroutinefunction(server.request_peers)
+
+
+@on_uvloop
+async def test_a_handler_may_stop_the_server_and_on_event_sees_the_shutdown():
+    seen: list = []
+    stopped = asyncio.Event()
+    server: P2PServer
+
+    async def handler(msg) -> None:
+        await server.stop()  # from inside a handler: no deadlock, no self-cancellation
+        stopped.set()
+
+    async def on_event(event) -> None:
+        await asyncio.sleep(0.01)  # a slow async callback still sees everything
+        seen.append((type(event).__name__, getattr(event, "reason", None)))
+
+    server = P2PServer(config(), on_data=handler, on_event=on_event)
+    await server.start()
+    async with P2PServer(config()) as client:
+        await client.connect_to_peer(server.local_address)
+        await client.send(server.node_id, "please stop")
+        await asyncio.wait_for(stopped.wait(), 5)
+        assert not server.running
+        assert ("PeerDisconnected", "shutdown") in seen
+        assert seen[0][0] == "PeerConnected"
