@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+import p2pfast
 from p2pfast import (
     P2PServer,
     P2PTimeout,
@@ -318,3 +319,54 @@ async def test_timeouts_must_be_positive_numbers():
         for bad in (0, -1, "5", True):
             with pytest.raises(ValueError, match="timeout"):
                 await server.connect_to_peer("127.0.0.1:9", timeout=bad)  # type: ignore[arg-type]
+
+
+_CTRL_C_SCRIPT = """
+import sys
+from p2pfast import Config, P2PServer
+from p2pfast.server import run
+
+server = P2PServer(Config(listen_address="127.0.0.1:0", network_id="api",
+                          enable_discovery=False))
+
+async def main():
+    await server.start()
+    print(server.local_address[1], flush=True)
+    await server.run()
+
+try:
+    run(main())
+except KeyboardInterrupt:
+    print("interrupted", "running" if server.running else "stopped", flush=True)
+"""
+
+
+@on_uvloop
+async def test_ctrl_c_under_run_stops_the_server_and_tells_peers(python_exe):
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [python_exe, "-c", _CTRL_C_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 20)
+        port = int(line)
+        async with P2PServer(config()) as watcher:
+            events = watcher.events()
+            peer_id = await watcher.connect_to_peer(("127.0.0.1", port))
+            proc.send_signal(signal.SIGINT)
+            async for event in events:
+                if isinstance(event, p2pfast.PeerDisconnected):
+                    assert event.node_id == peer_id and event.reason == "disconnect"
+                    break
+        out, err = await loop.run_in_executor(None, proc.communicate, None, 20)
+        assert proc.returncode == 0, err
+        assert out.strip() == "interrupted stopped"
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
