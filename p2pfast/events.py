@@ -71,8 +71,8 @@ class WindowOpened(Event):
 
 @dataclass(slots=True)
 class PongReceived(Event):
-    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds. ``ping_id`` is the id of the
-    Ping it answers (as :meth:`Node.ping` returned it)."""
+    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds; ``ping_id`` is the id
+    :meth:`Node.ping` returned for the Ping answered."""
 
     node_id: str
     rtt: float
@@ -82,26 +82,26 @@ class PongReceived(Event):
 @dataclass(slots=True)
 class PeerListReceived(Event):
     """A peer sent its peer list: ``entries`` are PeerInfo (DiscoveryResponse) or NodeInfo
-    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth."""
+    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth. ``request_id`` is
+    the id :meth:`Node.request_peers` returned for the request answered, None for a list the
+    peer sent unasked (a join broadcast)."""
 
     node_id: str
     entries: list
     full_info: bool
-    #: The id of the request this answers (as :meth:`Node.request_peers` returned it), None
-    #: for an unsolicited broadcast.
     request_id: str | None = None
 
 
 @dataclass(slots=True)
 class ConnectFailed(Event):
-    """An outgoing handshake to ``addr`` failed. ``code``: ``timeout``, ``network_mismatch``,
-    ``server_full``, ``node_id_taken``, ``invalid_node_info``, ``refused`` (another refusal),
-    ``shutdown``, ``busy`` (too many handshakes pending) or ``family`` (IPv4 node, IPv6 peer or
-    the reverse). ``reason`` is English text; ``peer_text`` keeps the peer's own words."""
+    """An outgoing handshake to ``addr`` failed: ``code`` says why (``timeout``,
+    ``network_mismatch``, ``server_full``, ``node_id_taken``, ``invalid_node_info``,
+    ``refused``, ``shutdown``, ``busy``, ``family``), ``reason`` in English, ``peer_text`` the
+    peer's own words when it sent any."""
 
     addr: tuple
     reason: str
-    code: str = ""
+    code: str = "refused"
     peer_text: str = ""
 
 

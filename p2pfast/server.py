@@ -598,9 +598,9 @@ class P2PServer:
                 handle = node.send_data(node_id, data, self._now(), reliable=reliable)
                 break
             except WindowFull as exc:
-                # The peer whose window is full: the next hop for a routed send (its
-                # WindowOpened names it). An engine that does not say: the destination.
-                key = exc.node_id or node_id
+                # The peer whose window is full: the next hop for a routed send (the
+                # WindowOpened that follows names it), not the destination.
+                key = exc.node_id
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._window_waiters.setdefault(key, []).append(waiter)
                 self._flush()

@@ -76,7 +76,7 @@ async def test_send_to_unknown_node_raises():
 @on_uvloop
 async def test_connect_refused_on_network_mismatch():
     async with P2PServer(config()) as server, P2PServer(config(network_id="other")) as client:
-        with pytest.raises(ConnectionRefusedError, match="network") as info:
+        with pytest.raises(ConnectionRefusedError, match="different network") as info:
             await client.connect_to_peer(server.local_address)
         assert info.value.code == "network_mismatch"
 
