@@ -732,6 +732,7 @@ class P2PServer:
         if self._inbox is None:
             self._inbox = _Inbox()
             if self._node is not None and self._state == "running":
+                self._inbox.owner = self._node
                 self._node.app_attached = True
         stream = MessageStream(self, self._inbox)
         self._stream = weakref.ref(stream)
