@@ -86,7 +86,9 @@ PUBLISHED_EVENTS: tuple[type[Event], ...] = (
 _PUBLISHED = frozenset(PUBLISHED_EVENTS)
 
 #: ConnectFailed codes that mean the peer said no.
-_REFUSALS = frozenset({"network_mismatch", "server_full", "node_id_taken", "invalid_node_info"})
+_REFUSALS = frozenset(
+    {"network_mismatch", "server_full", "node_id_taken", "invalid_node_info", "handshake_required"}
+)
 
 
 class _Inbox(Generic[T]):

@@ -32,7 +32,8 @@ from p2pfast import (
 from p2pfast.addr import parse_addr
 from p2pfast.server import EventStream, MessageStream, _connect_error
 
-from .apiutil import Relay, config, until
+from .apiutil import Relay, config, message_type, until
+from .helpers import envelope
 from .netutil import on_uvloop
 
 UNKNOWN = "4b1bfa44-87cb-44de-a11e-b0d648397b65"
@@ -81,6 +82,49 @@ async def test_server_full_and_node_id_taken_are_refusals_with_their_code():
         assert info.value.code == "node_id_taken" and str(info.value).isascii()
 
 
+class _RefusingPeer(asyncio.DatagramProtocol):
+    """Answers every HandshakeRequest with an Error carrying ``text`` and ``code``."""
+
+    def __init__(self, text: str, code: str | None) -> None:
+        self.text, self.code = text, code
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if message_type(data) == "HandshakeRequest":
+            payload = {"error": self.text}
+            if self.code is not None:
+                payload["code"] = self.code
+            self.transport.sendto(envelope("Error", payload), addr)
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "expected"),
+    [
+        ("无效的节点信息", "invalid_node_info", "invalid_node_info"),
+        ("服务器已满", "server_full", "server_full"),
+        ("某种新的拒绝", None, "refused"),
+        ("another refusal", "not_a_known_code", "refused"),
+    ],
+)
+@on_uvloop
+async def test_a_refusal_from_the_wire_keeps_its_code_and_the_peer_words(text, code, expected):
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _RefusingPeer(text, code), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        async with P2PServer(config()) as client:
+            with pytest.raises(ConnectRefused) as info:
+                await client.connect_to_peer(transport.get_extra_info("sockname")[:2])
+            exc = info.value
+            assert exc.code == expected and exc.peer_text == text
+            assert str(exc).isascii() and f"[{expected}]" in str(exc)
+    finally:
+        transport.close()
+
+
 @pytest.mark.parametrize(
     ("code", "kind"),
     [
@@ -89,6 +133,7 @@ async def test_server_full_and_node_id_taken_are_refusals_with_their_code():
         ("node_id_taken", ConnectRefused),
         ("invalid_node_info", ConnectRefused),
         ("refused", ConnectRefused),
+        ("handshake_required", ConnectRefused),
         ("something_new", ConnectRefused),
         ("timeout", P2PTimeout),
         ("shutdown", ServerClosed),
@@ -102,7 +147,7 @@ def test_every_connect_failure_code_maps_to_a_typed_exception(code, kind):
     assert type(exc) is kind
     assert "127.0.0.1:9400" in str(exc)
     if kind is ConnectRefused:
-        assert exc.code == (code if code != "something_new" else "refused")
+        assert exc.code == ("refused" if code == "something_new" else code)
         assert exc.peer_text == "原话" and exc.reason == "reason in English"
         assert exc.address == ("127.0.0.1", 9400)
     if kind is P2PTimeout:
