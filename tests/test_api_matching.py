@@ -37,7 +37,7 @@ async def test_overlapping_pings_each_get_the_rtt_of_their_own_pong():
             # The second Pong arrived first: it must not answer the first ping, nor the
             # first Pong the second.
             assert rtt_second < HOLD / 2, rtt_second
-            assert rtt_first >= HOLD, rtt_first
+            assert rtt_first >= HOLD * 0.9, rtt_first  # its Pong was held back HOLD s
             pongs = []
             while len(pongs) < 2:
                 ev = await asyncio.wait_for(events.__anext__(), 5)
