@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import inspect
 import logging
 import socket
@@ -379,7 +380,7 @@ class P2PServer:
             self._inbox = inbox
             self._stopped = asyncio.Event()
             self._stopping = None
-            endpoint = NodeEndpoint(node, self._dispatch_events)
+            endpoint = NodeEndpoint(node, functools.partial(self._dispatch_events, node))
             self._endpoint = endpoint
             transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
         except BaseException:
@@ -861,11 +862,13 @@ class P2PServer:
             except Exception:
                 log.exception("on_event handler failed")
 
-    def _dispatch_events(self) -> None:
+    def _dispatch_events(self, node: Node) -> None:
         """Take the engine's events: resolve the calls waiting on them, queue data and
         lifecycle events for their consumers. Runs no application code (so nothing nests)."""
-        node = self._node
-        assert node is not None
+        if node is not self._node:  # a late callback of an earlier run: nobody waits on it
+            while node.next_event() is not None:
+                pass
+            return
         while (event := node.next_event()) is not None:
             kind = type(event)
             if kind is DataReceived:
