@@ -244,9 +244,9 @@ class P2PServer:
       arrival order. Without it, read data with :meth:`messages`.
     - ``on_event``: called with each lifecycle event (see :meth:`events`), one at a time;
       stop() waits until it has seen the shutdown's events.
-    - ``echo``: with neither ``on_data`` nor ``messages()``, answer plain Data with
-      ``{echo, timestamp}`` as the Rust server does (``p2pfast-server`` turns it on; a
-      library node does not echo unless asked).
+    - ``echo``: until ``messages()`` is called (and without ``on_data``), answer plain Data
+      with ``{echo, timestamp}`` as the Rust server does (``p2pfast-server`` turns it on; a
+      library node does not echo unless asked: it queues the data for ``messages()``).
     - ``max_queued_messages``: received messages the application may hold before the engine
       stops acknowledging new ones (0 = unbounded).
     - ``max_queued_events``: bound of each events() stream.
@@ -367,7 +367,9 @@ class P2PServer:
             node = Node(node_config, now=self._now(), local_addr=(bound[0], bound[1]))
             node.app_queue_limit = self._max_queued
             inbox = self._inbox
-            if self._on_data is not None:
+            if self._on_data is not None or (inbox is None and not self._echo):
+                # Data is queued from the start (for the handlers, or for messages() whenever
+                # it is called): never acknowledged and then discarded.
                 inbox = _Inbox()
             node.app_attached = inbox is not None
             if inbox is not None:
@@ -711,9 +713,10 @@ class P2PServer:
         """The application data addressed to this node, in arrival order:
         ``async for msg in server.messages()`` (a :class:`MessageStream`).
 
-        Delivery to the application starts with the first call (it may come before
-        ``start()``); until then data is not delivered. One stream at a time: a second call
-        while the first is open raises RuntimeError. The stream ends when the server stops.
+        Data is queued from ``start()`` on, so nothing received before the first call is
+        lost (with ``echo=True``, data is echoed until the first call). One stream at a time: a
+        second call while the first is open raises RuntimeError. The stream ends when the
+        server stops, after the messages already received.
         Raises RuntimeError if the server has an ``on_data`` handler, ServerClosed once
         stopped (call it again after a restart).
         """

@@ -253,3 +253,14 @@ async def test_a_handler_may_stop_the_server_and_on_event_sees_the_shutdown():
         assert not server.running
         assert ("PeerDisconnected", "shutdown") in seen
         assert seen[0][0] == "PeerConnected"
+
+
+@on_uvloop
+async def test_data_that_arrives_before_messages_is_called_is_not_lost():
+    async with P2PServer(config()) as server, P2PServer(config()) as client:
+        await client.connect_to_peer(server.local_address)
+        for n in range(3):
+            await client.send(server.node_id, n)  # acknowledged: the server's queue holds it
+        assert server.get_stats().echoed == 0
+        inbox = server.messages()
+        assert [(await inbox.__anext__()).payload for _ in range(3)] == [0, 1, 2]
