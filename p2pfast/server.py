@@ -529,8 +529,9 @@ class P2PServer:
         ``addr`` is ``"ip:port"``, ``"[v6]:port"``, ``"host:port"`` (resolved without
         blocking) or a ``(host, port)`` tuple. The handshake is retried with backoff until
         ``timeout`` (default ``config.connect_timeout``); when that runs out it is abandoned.
-        Raises AddressError (malformed or unresolvable address), ConnectError (``family``: an
-        IPv4 node and an IPv6 address or the reverse; ``busy``), ConnectRefused (``code``:
+        Raises AddressError (``bad_address``; ``unresolved``; ``family``: the name resolves
+        only to the other IP version), ConnectError (``family``: an IPv4 node and an IPv6
+        address or the reverse; ``busy``), ConnectRefused (``code``:
         ``network_mismatch``, ``server_full``, ``node_id_taken``, ``invalid_node_info``,
         ``refused``), P2PTimeout (a TimeoutError), ServerClosed.
         """
