@@ -247,6 +247,10 @@ class P2PServer:
     - ``echo``: until ``messages()`` is called (and without ``on_data``), answer plain Data
       with ``{echo, timestamp}`` as the Rust server does (``p2pfast-server`` turns it on; a
       library node does not echo unless asked: it queues the data for ``messages()``).
+    - ``queue_data``: without ``on_data``, queue received data for ``messages()`` from
+      ``start()`` on, so none is lost before the first call. False (``p2pfast-server``, a
+      node with no application): until ``messages()`` is called, data is echoed (``echo``)
+      or counted in ``stats.delivered`` and dropped.
     - ``max_queued_messages``: received messages the application may hold before the engine
       stops acknowledging new ones (0 = unbounded).
     - ``max_queued_events``: bound of each events() stream.
@@ -259,6 +263,7 @@ class P2PServer:
         on_data: DataHandler | None = None,
         on_event: EventHandler | None = None,
         echo: bool = False,
+        queue_data: bool = True,
         max_queued_messages: int = 10_000,
         handler_concurrency: int = 1,
         max_queued_events: int = 10_000,
@@ -273,6 +278,7 @@ class P2PServer:
         self._on_data = on_data
         self._on_event = on_event
         self._echo = bool(echo)
+        self._queue_data = bool(queue_data)
         self._max_queued = max_queued_messages
         self._handler_concurrency = handler_concurrency
         self._max_queued_events = max_queued_events
@@ -367,7 +373,9 @@ class P2PServer:
             node = Node(node_config, now=self._now(), local_addr=(bound[0], bound[1]))
             node.app_queue_limit = self._max_queued
             inbox = self._inbox
-            if self._on_data is not None or (inbox is None and not self._echo):
+            if self._on_data is not None or (
+                inbox is None and self._queue_data and not self._echo
+            ):
                 # Data is queued from the start (for the handlers, or for messages() whenever
                 # it is called): never acknowledged and then discarded.
                 inbox = _Inbox()
@@ -715,7 +723,8 @@ class P2PServer:
         ``async for msg in server.messages()`` (a :class:`MessageStream`).
 
         Data is queued from ``start()`` on, so nothing received before the first call is
-        lost (with ``echo=True``, data is echoed until the first call). One stream at a time: a
+        lost (with ``echo=True`` or ``queue_data=False``, delivery starts with the first
+        call). One stream at a time: a
         second call while the first is open raises RuntimeError. The stream ends when the
         server stops, after the messages already received.
         Raises RuntimeError if the server has an ``on_data`` handler, ServerClosed once

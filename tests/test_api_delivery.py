@@ -264,3 +264,20 @@ async def test_data_that_arrives_before_messages_is_called_is_not_lost():
         assert server.get_stats().echoed == 0
         inbox = server.messages()
         assert [(await inbox.__anext__()).payload for _ in range(3)] == [0, 1, 2]
+
+
+@on_uvloop
+async def test_a_node_without_an_application_counts_and_drops_until_messages_is_called():
+    """queue_data=False (p2pfast-server --no-echo): no queue grows and the sender is never
+    held back; delivery starts with messages()."""
+    async with P2PServer(config(), queue_data=False, max_queued_messages=5) as server, \
+            P2PServer(config()) as client:
+        await client.connect_to_peer(server.local_address)
+        await asyncio.wait_for(
+            asyncio.gather(*(client.send(server.node_id, n) for n in range(20))), 10
+        )  # all acknowledged though nothing reads: nobody was going to
+        stats = server.get_stats()
+        assert stats.delivered == 20 and stats.echoed == 0 and server._inbox is None
+        inbox = server.messages()
+        await client.send(server.node_id, "now")
+        assert (await asyncio.wait_for(inbox.__anext__(), 5)).payload == "now"
