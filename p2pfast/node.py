@@ -12,12 +12,21 @@ Security model: nothing from an address that has not completed a handshake creat
 everything sent to an address whose return path is not proven stays within 3× the bytes
 received from it (cumulatively, as in QUIC); a p2pfast peer proves its address by echoing a
 token from our HandshakeResponse; every table is bounded, no datagram can raise out of the
-engine, and the work one datagram causes is bounded by its size and by what is in flight.
+engine, and the work one datagram causes is bounded by its size and by what is in flight
+(docs/reliability.md).
+
+This module is longer than the ~1,000 lines the project aims for, on purpose: the handlers of
+the seventeen message types and the timers all read and write the same session, window and
+routing tables, and splitting them into mixins would spread one state machine over many
+files. What does not touch that state lives in its own module: sessions (``peer``), the
+compiled first stage of every datagram (``_receive``), the windows (``_window``), routing
+tables (``routing``), peer lists (``peerlist``), Ack ranges and the resend allowance
+(``reliability``), handshake retries, refusals and tokens (``handshake``), and end-to-end
+confirmation (``delivery``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import random
 import secrets
@@ -43,7 +52,30 @@ from .events import (
     SendFailed,
     WindowOpened,
 )
+from .handshake import (
+    MAX_TOKEN_LEN,
+    REFUSAL_REASONS,
+    TOKEN_HEX,
+    PendingConnect,
+    guess_refusal,
+    same_token,
+)
+from .logutil import LogLimiter
 from .peer import DEFAULT_RX_WINDOW, MAX_OUTSTANDING, RX_WINDOW_KEY, Peer, validate_node_info
+from .peerlist import (
+    ENVELOPE_OVERHEAD,
+    discovery_datagrams,
+    discovery_slice,
+    node_list_datagrams,
+)
+from .reliability import (
+    MAX_ACK_RANGE_LEN,
+    MAX_ACK_RANGES,
+    MAX_RETRANSMIT_REQUEST,
+    ResendAllowance,
+    ack_ranges,
+    parse_ack_ranges,
+)
 from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
 from .stats import Counters, PeerStats, ServerStats, snapshot
@@ -88,28 +120,11 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 #: bytes received from it (per datagram for addresses without a session, cumulatively for
 #: sessions).
 AMPLIFICATION_FACTOR = receive.AMPLIFICATION_FACTOR
-#: Room left in a datagram for the envelope around a list payload.
-ENVELOPE_OVERHEAD = 256
 #: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
 BROADCAST_LIMIT = 64
-#: Coalesced Acks carry at most this many ranges, each at most this long.
-MAX_ACK_RANGES = 64
-MAX_ACK_RANGE_LEN = 4096
-#: Retransmit requests carry at most this many sequence numbers.
-MAX_RETRANSMIT_REQUEST = 64
-#: Bytes resent on a peer's Retransmit requests: at most this much per request, and on
-#: average per second (a token bucket of one request's worth).
-RESEND_BURST = 256 * 1024
-RESEND_RATE = 1024 * 1024
 #: A persisting sequence gap is asked for at most this many times, at most this far apart.
 GAP_REQUESTS = 32
 GAP_RETRY_MAX = 2.0
-#: Outgoing handshakes are retried with exponential backoff up to this interval, until the
-#: caller's deadline.
-CONNECT_RETRY_MAX = 4.0
-#: Length of the anti-amplification token (hex characters) and the longest we echo.
-TOKEN_HEX = 32
-MAX_TOKEN_LEN = 64
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
 #: Addresses remembered for the reconnect cooldown after a disconnect.
@@ -129,85 +144,10 @@ _REQUEST_TYPES = frozenset(
 _ROUTED_KEYS = receive.ROUTED_KEYS
 
 
-#: Why a peer refuses a handshake (the ``code`` of its Error), in words for people.
-REFUSAL_REASONS = {
-    "network_mismatch": "the peer is on a different network id",
-    "server_full": "the peer has reached its max_connections",
-    "node_id_taken": "the peer already has a session with this node id",
-    "invalid_node_info": "the peer refused our NodeInfo",
-    "handshake_required": "the peer has no session with this node",
-    "refused": "the peer refused the handshake",
-}
-
-
 def _is_echo(payload: Any) -> bool:
     """Whether a Data payload is an echo (``{"echo": ..., "timestamp": ...}``): it is never
     echoed again, so two echoing nodes cannot bounce a message between them."""
     return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
-
-
-def _union(ranges: list[list[int]]) -> list[tuple[int, int]]:
-    """Sorted ``[lo, hi]`` ranges with adjacent and overlapping ones joined."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(hi, out[-1][1]))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _same_token(given: str, expected: str) -> bool:
-    """Constant-time comparison of a token (any string a peer sends, non-ASCII included)."""
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    )
-
-
-def _guess_refusal(text: str) -> str:
-    """The code of a refusal from a peer that sends none (the Rust server's texts)."""
-    if "网络ID不匹配" in text or "network" in text.lower():
-        return "network_mismatch"
-    if "已存在" in text:
-        return "node_id_taken"
-    if "full" in text.lower() or "已满" in text:
-        return "server_full"
-    return "refused"
-
-
-class _PendingConnect:
-    __slots__ = ("msg_id", "data", "attempts", "next_at", "deadline")
-
-    def __init__(self, msg_id: str, data: bytes, next_at: float, deadline: float) -> None:
-        self.msg_id = msg_id
-        self.data = data
-        self.attempts = 1
-        self.next_at = next_at
-        self.deadline = deadline
-
-
-class _LogLimiter:
-    """At most one log line per reason every ``interval`` seconds, with a count of the rest."""
-
-    __slots__ = ("interval", "_next", "_suppressed")
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(
-        self, reason: str, now: float, message: str, *args: Any, exc_info: Any = None
-    ) -> None:
-        if now < self._next.get(reason, 0.0):
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        if len(self._next) > 256:  # reasons are a small fixed set; never grow unbounded
-            self._next.clear()
-        self._next[reason] = now + self.interval
-        skipped = self._suppressed.pop(reason, 0)
-        suffix = f" ({skipped} more since last report)" if skipped else ""
-        log.warning(message + suffix, *args, exc_info=exc_info)
 
 
 class Node:
@@ -269,7 +209,7 @@ class Node:
 
         self._out: list[tuple[bytes, tuple]] = []
         self._events: deque[Event] = deque()
-        self._pending_connects: dict[tuple, _PendingConnect] = {}
+        self._pending_connects: dict[tuple, PendingConnect] = {}
         self._announce: list[Peer] = []  # joined since the last broadcast
         self._removed_since_broadcast = False
         self._inflight: set[Peer] = set()
@@ -301,7 +241,7 @@ class Node:
         self._delivery_at = _INF
         self._next_timer = _INF
         self._retimer()
-        self._log_hostile = _LogLimiter()
+        self._log_hostile = LogLimiter()
 
         self._handlers: list[Callable[[Peer, Any, float], None]] = [
             self._on_handshake_request,
@@ -454,22 +394,9 @@ class Node:
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
-            seqs = sorted(set(peer.pending_acks))
+            owed = peer.pending_acks
             peer.pending_acks = []
-            ranges: list[list[int]] = []
-            lo = hi = seqs[0]
-            for seq in seqs[1:]:
-                if seq > hi + 1 or seq - lo >= MAX_ACK_RANGE_LEN:
-                    ranges.append([lo, hi])
-                    lo = seq
-                hi = seq
-            ranges.append([lo, hi])
-            if len(ranges) < MAX_ACK_RANGES:
-                owed = _union(ranges)
-                for lo, hi in peer.dup.ranges(MAX_ACK_RANGES - len(ranges)):
-                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1, 1)  # 0 stands for "nothing yet"
-                    if hi >= lo and not any(a <= lo and hi <= b for a, b in owed):
-                        ranges.append([lo, hi])
+            ranges = ack_ranges(owed, peer.dup.ranges(MAX_ACK_RANGES))
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
                     T_ACK,
@@ -482,7 +409,7 @@ class Node:
                     peer.pending_ack_id,
                 )
                 self._queue(data, peer, T_ACK)
-            counters.acks_sent += len(seqs)
+            counters.acks_sent += len(set(owed))
         self.ack_peers.clear()  # shared with the receive path
 
     def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
@@ -588,7 +515,7 @@ class Node:
         used = sum(len(data) for data, _ in replies)
         room = self.config.max_datagram_size if new_peer.proven else new_peer.budget
         others = [p for p in self._sample_peers(64) if p is not new_peer]
-        replies.append((self._discovery_chunk(others, ts, room - used), T_DISCOVERY_RESPONSE))
+        replies.append((discovery_slice(others, ts, room - used), T_DISCOVERY_RESPONSE))
         for data, mtype in replies:
             if not self._queue(data, new_peer, mtype):
                 break
@@ -631,7 +558,7 @@ class Node:
 
     def _add_peer(self, addr: tuple, info: dict, now: float) -> Peer:
         peer = Peer(addr, info, now, self.config)
-        peer.resend_allowance = RESEND_BURST
+        peer.resend_allowance = ResendAllowance(now)
         self._pending_connects.pop(addr, None)  # simultaneous open: their request came first
         self.peers_by_addr[addr] = peer
         self.peers_by_id[peer.node_id] = peer
@@ -734,7 +661,7 @@ class Node:
         text = payload.get("error") if type(payload) is dict else payload
         code = payload.get("code") if type(payload) is dict else None
         if code not in REFUSAL_REASONS:
-            code = _guess_refusal(str(text or ""))
+            code = guess_refusal(str(text or ""))
         self._connect_failed(addr, code, REFUSAL_REASONS[code], text)
 
     def _on_ping(self, peer: Peer, msg: Any, now: float) -> None:
@@ -746,7 +673,7 @@ class Node:
         payload = msg.payload
         if type(payload) is dict and peer.echo_token:
             token = payload.get("token")
-            if type(token) is str and _same_token(token, peer.echo_token):
+            if type(token) is str and same_token(token, peer.echo_token):
                 self._echo_token(peer, msg.id, now)
 
     def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
@@ -789,33 +716,18 @@ class Node:
         answering = msg.id if peer.p2pfast else None
         others = [p for p in self.peers_by_id.values() if p is not peer]
         self._work += len(others)
-        for chunk in self._peer_list_chunks(others, ts, answering):
+        for chunk in discovery_datagrams(others, ts, self.config.max_datagram_size, answering):
             if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
                 break  # an unproven address's budget is spent: the rest would be dropped too
 
     def _on_list_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
         answering = msg.id if peer.p2pfast else None
-        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
-        batch: list[bytes] = []
-        size = 0
-        for p in self.peers_by_id.values():  # includes the requester, as the Rust server does
-            self._work += 1
-            item = p.nodeinfo_json
-            if batch and size + len(item) + 1 > limit:
-                if not self._queue_list_response(batch, peer, ts, answering):
-                    return  # an unproven address's budget is spent
-                batch, size = [], 0
-            batch.append(item)
-            size += len(item) + 1
-        self._queue_list_response(batch, peer, ts, answering)
-
-    def _queue_list_response(
-        self, batch: list[bytes], peer: Peer, ts: int, answering: str | None
-    ) -> bool:
-        payload = b'{"nodes":[' + b",".join(batch) + b"]}"
-        data = encode_raw(T_LIST_RESPONSE, payload, ts, None, None, None, False, answering)
-        return self._queue(data, peer, T_LIST_RESPONSE)
+        peers = self.peers_by_id.values()  # includes the requester, as the Rust server does
+        self._work += len(peers)
+        for chunk in node_list_datagrams(peers, ts, self.config.max_datagram_size, answering):
+            if not self._queue(chunk, peer, T_LIST_RESPONSE):
+                break  # an unproven address's budget is spent
 
     def _on_discovery_response(self, peer: Peer, msg: Any, now: float) -> None:
         """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers."""
@@ -934,7 +846,7 @@ class Node:
             if destination == self.node_id and original.get("requires_ack") is True:
                 message_id = original.get("id")
                 if type(message_id) is str:  # our confirmation may have been lost: again
-                    self._confirm_delivery(source, message_id, now)
+                    self._confirm_delivery(source, message_id, peer, now)
             return True
         hop_count += 1
         if hop_count > max_hops:
@@ -993,7 +905,7 @@ class Node:
         message_id = original.get("id")
         self._deliver(peer, source, original.get("payload"), message_id or "", route_id, hops, now)
         if original.get("requires_ack") is True and type(message_id) is str:
-            self._confirm_delivery(source, message_id, now)
+            self._confirm_delivery(source, message_id, peer, now)
         return True
 
     def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1081,7 +993,7 @@ class Node:
 
     def _check_token(self, peer: Peer, token: Any, now: float) -> None:
         """The peer echoed a token: its address is proven when it is the one we gave it."""
-        if peer.token and type(token) is str and _same_token(token, peer.token):
+        if peer.token and type(token) is str and same_token(token, peer.token):
             peer.proven = True
             peer.token = ""
             log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
@@ -1092,18 +1004,12 @@ class Node:
         """A coalesced Ack: ``[[lo, hi], ...]`` sequence numbers, at most ``MAX_ACK_RANGES``
         ranges each shorter than ``MAX_ACK_RANGE_LEN``. The send window walks whichever is
         smaller, the ranges or what is in flight, so the work stays bounded by both."""
-        if type(ranges) is not list:
+        parsed = parse_ack_ranges(ranges)
+        if parsed is None:
             self.counters.reject("bad_payload")
             return 0
-        valid: list[tuple[int, int]] = []
-        for item in ranges[:MAX_ACK_RANGES]:
-            self._work += 1
-            if type(item) is not list or len(item) != 2:
-                continue
-            lo, hi = item
-            if type(lo) is not int or type(hi) is not int or not 0 <= hi - lo < MAX_ACK_RANGE_LEN:
-                continue
-            valid.append((lo, hi))
+        valid, looked_at = parsed
+        self._work += looked_at
         acked = peer.window.on_ack_ranges(valid, now)
         for msg_id in acked:
             self._hop_completed(msg_id)
@@ -1124,13 +1030,8 @@ class Node:
             return
         self.counters.retransmit_requests += 1
         log.debug("peer %s asks for %d retransmission(s)", peer.node_id, len(numbers))
-        # Refill the per-peer allowance (a token bucket of RESEND_BURST at RESEND_RATE/s).
-        elapsed = now - peer.resend_at
-        peer.resend_at = now
-        if elapsed > 0:
-            peer.resend_allowance = min(
-                RESEND_BURST, peer.resend_allowance + elapsed * RESEND_RATE
-            )
+        allowance = peer.resend_allowance
+        allowance.refill(now)
         win = peer.window
         asked: set[int] = set()
         for seq in numbers[:MAX_RETRANSMIT_REQUEST]:
@@ -1141,12 +1042,12 @@ class Node:
             pending = win.get(seq)
             if pending is None:
                 continue
-            if len(pending) > peer.resend_allowance:
+            if len(pending) > allowance.tokens:
                 self.counters.reject("retransmit_limit")
                 break
             data = win.resend(seq, now)
             if data is not None:
-                peer.resend_allowance -= len(data)
+                allowance.take(len(data))
                 self.counters.retransmits += 1
                 self._queue(data, peer, T_DATA)
 
@@ -1203,7 +1104,7 @@ class Node:
         """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows.
 
         The request is sent again with exponential backoff (``rto_initial``, doubling, at
-        most ``CONNECT_RETRY_MAX`` apart) until ``deadline`` (default ``now +
+        most ``handshake.CONNECT_RETRY_MAX`` apart) until ``deadline`` (default ``now +
         config.connect_timeout``), when ConnectFailed(code ``timeout``) follows. A second
         call for a handshake in progress extends its deadline if the new one is later."""
         if deadline is None:
@@ -1241,9 +1142,7 @@ class Node:
             sender_addr=self.local_addr_str,
             requires_ack=True,
         )
-        pending = _PendingConnect(
-            msg_id, data, min(now + self.config.rto_initial, deadline), deadline
-        )
+        pending = PendingConnect(msg_id, data, now, self.config.rto_initial, deadline)
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
         self._next_timer = min(self._next_timer, pending.next_at)
@@ -1345,13 +1244,17 @@ class Node:
             "source_node": self.node_id,
         }
 
-    def _confirm_delivery(self, destination: str, message_id: str, now: float) -> None:
+    def _confirm_delivery(self, destination: str, message_id: str, via: Peer, now: float) -> None:
         """Tell the origin of a routed message we received that we have it (a routed Ack,
-        carried reliably hop by hop like any routed message; its own events stay internal)."""
+        carried reliably hop by hop like any routed message; its own events stay internal).
+        Without a route of our own to the origin (we may not have heard of it yet), the
+        confirmation goes back the way the message came, through ``via``."""
         hop = self.peers_by_id.get(destination)
         if hop is None:
             hop_id = self.routes.next_hop(destination)
             hop = self.peers_by_id.get(hop_id) if hop_id is not None else None
+        if hop is None and self.peers_by_id.get(via.node_id) is via:
+            hop = via
         if hop is None:
             self.counters.reject("confirmation_unroutable")
             return
@@ -1579,7 +1482,7 @@ class Node:
                 continue
             if now >= pending.deadline:
                 del self._pending_connects[addr]
-                waited = now - (pending.deadline - self.config.connect_timeout)
+                waited = now - pending.started
                 self._events.append(
                     ConnectFailed(
                         addr,
@@ -1590,11 +1493,7 @@ class Node:
                 )
                 log.debug("handshake with %s timed out (%.1f s)", format_addr(addr), waited)
                 continue
-            pending.attempts += 1
-            interval = min(
-                self.config.rto_initial * 2.0 ** min(pending.attempts - 1, 16), CONNECT_RETRY_MAX
-            )
-            pending.next_at = min(now + interval, pending.deadline)
+            pending.retried(now, self.config.rto_initial)
             earliest = min(earliest, pending.next_at)
             log.debug("handshake with %s: attempt %d", format_addr(addr), pending.attempts)
             self._emit(pending.data, addr, T_HANDSHAKE_REQUEST)
@@ -1656,14 +1555,14 @@ class Node:
             return
         ts = int(now + self.wall_offset)
         room = self.config.max_datagram_size
-        shared = self._discovery_chunk(announce, ts, room)
+        shared = discovery_slice(announce, ts, room)
         listed = set(announce)
         for peer in self.peers_by_id.values():
             if peer in listed:
                 others = [p for p in announce if p is not peer]
                 if not others:
                     continue
-                self._queue(self._discovery_chunk(others, ts, room), peer, T_DISCOVERY_RESPONSE)
+                self._queue(discovery_slice(others, ts, room), peer, T_DISCOVERY_RESPONSE)
             else:
                 self._queue(shared, peer, T_DISCOVERY_RESPONSE)
 
@@ -1726,43 +1625,6 @@ class Node:
             if len(out) >= limit:
                 break
         return out
-
-    def _discovery_chunk(self, peers: list[Peer], ts: int, room: int) -> bytes:
-        """One DiscoveryResponse listing as many of ``peers`` as fit in ``room`` bytes."""
-        stamp = b"%d}" % ts
-        items: list[bytes] = []
-        size = ENVELOPE_OVERHEAD - 40
-        for p in peers:
-            item = p.peerinfo_prefix + stamp
-            if size + len(item) + 1 > room:
-                continue  # skip what does not fit: a large entry must not hide the rest
-            size += len(item) + 1
-            items.append(item)
-        return encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(items) + b"]", ts)
-
-    def _peer_list_chunks(
-        self, peers: list[Peer], ts: int, answering: str | None = None
-    ) -> Iterator[bytes]:
-        """DiscoveryResponse datagrams covering all of ``peers`` (at least one, maybe empty),
-        made one at a time so a caller that stops early builds no more; ``answering`` is the
-        request's id for p2pfast peers (``ack_for``)."""
-        stamp = b"%d}" % ts
-        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
-        batch: list[bytes] = []
-        size = 0
-        for p in peers:
-            item = p.peerinfo_prefix + stamp
-            if batch and size + len(item) + 1 > limit:
-                yield self._discovery_datagram(batch, ts, answering)
-                batch, size = [], 0
-            batch.append(item)
-            size += len(item) + 1
-        yield self._discovery_datagram(batch, ts, answering)
-
-    @staticmethod
-    def _discovery_datagram(items: list[bytes], ts: int, answering: str | None) -> bytes:
-        payload = b"[" + b",".join(items) + b"]"
-        return encode_raw(T_DISCOVERY_RESPONSE, payload, ts, None, None, None, False, answering)
 
     # ------------------------------------------------------------------------------------
     # Introspection

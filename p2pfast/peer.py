@@ -50,7 +50,6 @@ class Peer(receive.Session):
         "token",
         "echo_token",
         "resend_allowance",
-        "resend_at",
         "gap_requests",
     )
 
@@ -90,9 +89,8 @@ class Peer(receive.Session):
         self.budget = 0
         self.token = ""
         self.echo_token = ""
-        # Bytes we may still resend on the peer's Retransmit requests (a token bucket).
-        self.resend_allowance = 0.0
-        self.resend_at = now
+        # Bytes we may still resend on the peer's Retransmit requests (set by the engine).
+        self.resend_allowance: Any = None
         # Coalesced acknowledgements owed to a p2pfast peer: sequence numbers, last message id.
         self.pending_acks: list[int] = []
         self.pending_ack_id = ""

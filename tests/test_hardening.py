@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from p2pfast._speedups import codec
 from p2pfast.errors import WindowFull
 from p2pfast.events import DataReceived, SendCompleted, SendFailed
-from p2pfast.node import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE, Node
+from p2pfast.node import Node
+from p2pfast.reliability import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE
 from p2pfast.peer import MAX_NODE_INFO_BYTES, validate_node_info
 from p2pfast.protocol import MAX_DATAGRAM_SIZE
 from p2pfast.protocol import MessageType as T
