@@ -362,6 +362,8 @@ class P2PServer:
         After :meth:`stop`, starts again with a fresh engine on the same config and node id.
         Raises BindError if the address is unusable, RuntimeError if already running.
         """
+        if self._state == "stopping" and self._stopping is not None:
+            await asyncio.shield(self._stopping)  # a stop() in progress finishes first
         if self._state in ("running", "stopping"):
             raise RuntimeError("P2PServer is already running")
         loop = asyncio.get_running_loop()
@@ -444,9 +446,9 @@ class P2PServer:
             self._close_now(reason)
             return
         self._check_loop()
-        self._stopping = loop.create_future()
+        self._stopping = stopping = loop.create_future()
         try:
-            self._close_now(reason)
+            self._close_now(reason, final=False)
             current = asyncio.current_task()
             tasks = [t for t in self._tasks if t is not current]
             self._tasks.clear()
@@ -454,10 +456,14 @@ class P2PServer:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.sleep(0)  # let the transport write the Disconnects
         finally:
-            self._stopping.set_result(None)
+            self._state = "stopped"
+            if self._stopped is not None:
+                self._stopped.set()
+            stopping.set_result(None)
 
-    def _close_now(self, reason: str) -> None:
-        """The synchronous part of stop(): everything but awaiting the handler tasks."""
+    def _close_now(self, reason: str, *, final: bool = True) -> None:
+        """The synchronous part of stop(): everything but awaiting the handler tasks (with
+        ``final``, the server is stopped when it returns; else stop() finishes the job)."""
         self._state = "stopping"
         node, endpoint = self._node, self._endpoint
         closed = ServerClosed("server stopped")
@@ -489,9 +495,10 @@ class P2PServer:
         if self._transport is not None and not self._loop_closed():
             self._transport.close()
         self._transport = None
-        self._state = "stopped"
-        if self._stopped is not None and not self._loop_closed():
-            self._stopped.set()
+        if final:
+            self._state = "stopped"
+            if self._stopped is not None and not self._loop_closed():
+                self._stopped.set()
 
     def _fail_waiters(self, exc: ServerClosed) -> None:
         for waiters in self._connects.values():
