@@ -5,6 +5,7 @@ their retry schedule, what a refusal means, and the address-proof tokens.
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 #: Outgoing handshakes are retried with exponential backoff up to this interval, until the
 #: caller's deadline.
@@ -46,7 +47,17 @@ class PendingConnect:
     """An outgoing handshake: the request datagram, attempts so far, when to send it again
     and when to give up."""
 
-    __slots__ = ("msg_id", "data", "attempts", "next_at", "started", "deadline")
+    __slots__ = (
+        "msg_id",
+        "data",
+        "attempts",
+        "next_at",
+        "started",
+        "deadline",
+        "first_seq",
+        "discovered",
+        "early_list",
+    )
 
     def __init__(self, msg_id: str, data: bytes, now: float, first_retry: float, deadline: float) -> None:
         self.msg_id = msg_id
@@ -55,6 +66,12 @@ class PendingConnect:
         self.started = now
         self.deadline = deadline
         self.next_at = min(now + first_retry, deadline)
+        #: The sequence number our first message in the session will carry (announced).
+        self.first_seq = 1
+        #: Started by discovery (an address learned from a list), not asked for.
+        self.discovered = False
+        #: A peer list from the address that overtook its HandshakeResponse.
+        self.early_list: Any = None
 
     def retried(self, now: float, first_retry: float) -> None:
         """One more attempt was sent at ``now``: the next waits twice as long (at most

@@ -127,6 +127,10 @@ GAP_REQUESTS = 32
 GAP_RETRY_MAX = 2.0
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
+#: New addresses one received peer list may make this node dial.
+DIALS_PER_LIST = 8
+#: A session's first sequence number is drawn below this (leaving 2**31 numbers before u32 ends).
+FIRST_SEQ_LIMIT = 2**31 - 2
 #: Addresses remembered for the reconnect cooldown after a disconnect.
 MAX_COOLDOWNS = 1024
 _INF = float("inf")
@@ -167,12 +171,17 @@ class Node:
         #: behaviour reproducible (the simulator); by default, the OS's randomness.
         self._new_id: Callable[[], str]
         self._new_token: Callable[[], str]
+        self._first_seq: Callable[[], int]
         if rng is None:
             self._new_id = new_id
             self._new_token = lambda: secrets.token_hex(TOKEN_HEX // 2)
+            self._first_seq = lambda: 1 + secrets.randbelow(FIRST_SEQ_LIMIT)
+            self._pick: Callable[[int], int] = random.randrange
         else:
             self._new_id = lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))
             self._new_token = lambda: "%0*x" % (TOKEN_HEX, rng.getrandbits(TOKEN_HEX * 4))
+            self._first_seq = lambda: 1 + rng.randrange(FIRST_SEQ_LIMIT)
+            self._pick = rng.randrange
         self.node_id: str = config.node_id or self._new_id()
         self.local_addr: tuple = local_addr or parse_addr(config.listen_address)
         self.local_addr_str = format_addr(self.local_addr)
@@ -212,10 +221,12 @@ class Node:
         self._pending_connects: dict[tuple, PendingConnect] = {}
         self._announce: list[Peer] = []  # joined since the last broadcast
         self._removed_since_broadcast = False
-        self._inflight: set[Peer] = set()
+        # Peers with something in flight / a sequence gap: dicts used as ordered sets, so the
+        # timers visit peers in a reproducible order (a set of Peers would follow addresses).
+        self._inflight: dict[Peer, None] = {}
         #: Peers owed a coalesced Ack (see :meth:`flush_acks`).
         self.ack_peers: list[Peer] = []
-        self._gapped: set[Peer] = set()
+        self._gapped: dict[Peer, None] = {}
         #: The first stage of every datagram (compiled): see :mod:`p2pfast._receive_py`.
         self._receiver = receive.Receiver(
             self.peers_by_addr,
@@ -367,7 +378,7 @@ class Node:
                 return
             if gap:  # a sequence number was skipped: ask for it if it does not turn up soon
                 peer.gap_at = due = now + self.config.gap_delay
-                self._gapped.add(peer)
+                self._gapped[peer] = None
                 if due < self._gap_at:
                     self._gap_at = due
                     if due < self._next_timer:
@@ -396,7 +407,7 @@ class Node:
         for peer in self.ack_peers:
             owed = peer.pending_acks
             peer.pending_acks = []
-            ranges = ack_ranges(owed, peer.dup.ranges(MAX_ACK_RANGES))
+            ranges = ack_ranges(owed, peer.dup.ranges(MAX_ACK_RANGES), peer.ack_floor)
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
                     T_ACK,
@@ -421,11 +432,14 @@ class Node:
             self._on_handshake_request(None, msg, now, addr=addr, budget=budget)
             return
         pending = self._pending_connects.get(addr)
-        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK):
+        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK, T_DISCOVERY_RESPONSE):
             if mtype == T_HANDSHAKE_RESPONSE:
                 self._on_handshake_response(None, msg, now, addr=addr)
             elif mtype == T_ERROR:
                 self._on_connect_refused(addr, msg.payload)
+            elif mtype == T_DISCOVERY_RESPONSE and pending.early_list is None:
+                # the first slice overtook the HandshakeResponse: read it once that arrives
+                pending.early_list = msg
             return
         replies: list[tuple[bytes, int]] = []
         ts = int(now + self.wall_offset)
@@ -480,7 +494,8 @@ class Node:
         if peer is None and msg.requires_ack:
             replies.append((encode_ack(msg.id, ts, self.local_addr_str), T_ACK))
             self.counters.acks_sent += 1
-        error = self._admit(peer, msg.payload, addr, now)
+        base = msg.sequence_number if type(msg.sequence_number) is int else 0
+        error = self._admit(peer, msg.payload, addr, now, base, msg.id)
         if isinstance(error, tuple):
             text, code = error
             self.counters.reject(code)
@@ -506,7 +521,10 @@ class Node:
             if not new_peer.token:
                 new_peer.token = self._new_token()
             response["token"] = new_peer.token
-        replies.append((encode(T_HANDSHAKE_RESPONSE, response, ts), T_HANDSHAKE_RESPONSE))
+        our_base = new_peer.first_seq - 1 if new_peer.p2pfast else None
+        replies.append(
+            (encode(T_HANDSHAKE_RESPONSE, response, ts, sequence_number=our_base), T_HANDSHAKE_RESPONSE)
+        )
         if peer is None:  # a new session starts with the budget this request earned
             assert budget is not None
             new_peer.budget = budget
@@ -520,9 +538,18 @@ class Node:
             if not self._queue(data, new_peer, mtype):
                 break
 
-    def _admit(self, peer: Peer | None, payload: Any, addr: tuple, now: float) -> Peer | tuple:
+    def _admit(
+        self, peer: Peer | None, payload: Any, addr: tuple, now: float, base: int, hello_id: str
+    ) -> Peer | tuple:
         """Validate a HandshakeRequest and create or refresh the session; return the Peer, or
-        ``(error text, code)``."""
+        ``(error text, code)``. ``base`` is the number just before the requester's first
+        message (a p2pfast node announces it in the request's ``sequence_number``).
+
+        The request that opened the session, repeated (its answer was lost), is answered
+        again and the session kept. A new request from the same node means it dropped its
+        side or restarted and numbers afresh: the session starts over on both sides (what we
+        had in flight fails with ``peer_gone``), so no message of the new session can be
+        taken for a duplicate of the old one."""
         try:
             info = validate_node_info(payload)
         except ValueError as exc:
@@ -541,11 +568,14 @@ class Node:
         if holder is not None and holder.addr != addr:
             return f"节点ID {node_id} 已存在", "node_id_taken"
         if peer is not None:
-            if peer.node_id == node_id:  # a repeated handshake: same session, answer again
+            if peer.node_id == node_id and peer.hello_id == hello_id:  # repeated: answer again
                 peer.node_info = info
                 return peer
-            self._remove_peer(peer, "replaced", now, notify=False)
-            new_peer = self._add_peer(addr, info, now)
+            self._remove_peer(
+                peer, "restarted" if peer.node_id == node_id else "replaced", now, notify=False
+            )
+            new_peer = self._add_peer(addr, info, now, base)
+            new_peer.hello_id = hello_id
             # Same address: what it proved, and the bytes it is owed, carry over.
             new_peer.proven, new_peer.budget = peer.proven, peer.budget
             return new_peer
@@ -554,12 +584,17 @@ class Node:
                 f"server full: {self.config.max_connections} peers connected",
                 "server_full",
             )
-        return self._add_peer(addr, info, now)
+        new_peer = self._add_peer(addr, info, now, base)
+        new_peer.hello_id = hello_id
+        return new_peer
 
-    def _add_peer(self, addr: tuple, info: dict, now: float) -> Peer:
-        peer = Peer(addr, info, now, self.config)
+    def _add_peer(self, addr: tuple, info: dict, now: float, base: int) -> Peer:
+        """A new session; ``base`` is the number before the peer's first message."""
+        pending = self._pending_connects.pop(addr, None)  # simultaneous open: theirs came first
+        # Our numbering: the one our own request announced, if we sent one, else a new one.
+        first = pending.first_seq if pending is not None else self._first_seq()
+        peer = Peer(addr, info, now, self.config, first_seq=first, peer_base=base)
         peer.resend_allowance = ResendAllowance(now)
-        self._pending_connects.pop(addr, None)  # simultaneous open: their request came first
         self.peers_by_addr[addr] = peer
         self.peers_by_id[peer.node_id] = peer
         self._work += self.routes.remove_via(peer.node_id)  # a direct peer needs no learned route
@@ -581,8 +616,8 @@ class Node:
             del self.peers_by_id[peer.node_id]
         self._work += self.routes.remove_via(peer.node_id) + peer.window.work
         peer.window.work = 0
-        self._inflight.discard(peer)
-        self._gapped.discard(peer)
+        self._inflight.pop(peer, None)
+        self._gapped.pop(peer, None)
         for _seq, msg_id in peer.window.clear():
             self._hop_failed(msg_id, failure)
         self._events.append(PeerDisconnected(peer.node_id, peer.addr, reason))
@@ -631,8 +666,12 @@ class Node:
                 addr, "server_full", f"max_connections ({self.config.max_connections}) reached"
             )
             return
-        peer = self._add_peer(addr, info, now)
+        base = msg.sequence_number if type(msg.sequence_number) is int else 0
+        self._pending_connects[addr] = pending  # _add_peer takes our numbering from it
+        peer = self._add_peer(addr, info, now, base)
         peer.proven = True  # we sent the request there and it answered its id: a proven path
+        if pending.early_list is not None:
+            self._on_discovery_response(peer, pending.early_list, now)
         token = payload.get("token")
         if type(token) is str and 0 < len(token) <= MAX_TOKEN_LEN:
             peer.echo_token = token
@@ -714,7 +753,7 @@ class Node:
     def _on_discovery_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
         answering = msg.id if peer.p2pfast else None
-        others = [p for p in self.peers_by_id.values() if p is not peer]
+        others = [p for p in self.peers_by_id.values() if p is not peer and p.proven]
         self._work += len(others)
         for chunk in discovery_datagrams(others, ts, self.config.max_datagram_size, answering):
             if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
@@ -737,6 +776,7 @@ class Node:
             return
         request_id = self._answered_request(peer, msg, False)
         self._events.append(PeerListReceived(peer.node_id, entries, False, request_id))
+        dials = 0
         for entry in entries[: self.config.max_routes]:
             self._work += 1
             if type(entry) is not dict:
@@ -749,14 +789,16 @@ class Node:
                 continue
             caps = entry.get("capabilities")
             self.routes.add(node_id, peer.node_id, 2, type(caps) is list and "p2pfast" in caps)
-            if self.config.enable_discovery:
+            if self.config.enable_discovery and dials < DIALS_PER_LIST:
                 addr_text = entry.get("addr")
                 if type(addr_text) is str:
                     try:
                         target = parse_addr(addr_text)
                     except ValueError:
                         continue
-                    self._maybe_connect(target, now)
+                    if target not in self.peers_by_addr and target not in self._pending_connects:
+                        dials += 1
+                        self._maybe_connect(target, now)
 
     def _on_data(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
@@ -963,7 +1005,7 @@ class Node:
             peer.window_blocked = False
             self._events.append(WindowOpened(peer.node_id))
         if not len(win):
-            self._inflight.discard(peer)
+            self._inflight.pop(peer, None)
 
     def _hop_completed(self, msg_id: str) -> None:
         """The next hop acknowledged ``msg_id``: the send is complete unless it waits for the
@@ -996,6 +1038,8 @@ class Node:
         if peer.token and type(token) is str and same_token(token, peer.token):
             peer.proven = True
             peer.token = ""
+            self._announce.append(peer)  # only now may others be told of it
+            self._schedule_broadcast(now)
             log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
         else:
             self.counters.reject("bad_token")
@@ -1134,15 +1178,18 @@ class Node:
             return
         info = dict(self.node_info)
         msg_id = self._new_id()
+        first_seq = self._first_seq()
         data = encode(
             T_HANDSHAKE_REQUEST,
             info,
             int(now + self.wall_offset),
             id=msg_id,
             sender_addr=self.local_addr_str,
+            sequence_number=first_seq - 1,  # where our numbering starts (docs/protocol.md)
             requires_ack=True,
         )
         pending = PendingConnect(msg_id, data, now, self.config.rto_initial, deadline)
+        pending.first_seq = first_seq
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
         self._next_timer = min(self._next_timer, pending.next_at)
@@ -1154,7 +1201,9 @@ class Node:
         return self._pending_connects.pop(addr, None) is not None
 
     def _maybe_connect(self, addr: tuple, now: float) -> None:
-        """Discovery's connect: only new addresses, within max_connections, not cooling down."""
+        """Discovery's connect: only new addresses, within max_connections, not cooling down;
+        a short attempt (two requests), and an address that does not answer cools down, so a
+        peer that lists invented addresses cannot make this node hammer them."""
         if (
             addr in self.peers_by_addr
             or addr in self._pending_connects
@@ -1167,7 +1216,10 @@ class Node:
             if now < until:
                 return
             del self._cooldown[addr]
-        self.connect(addr, now)
+        self.connect(addr, now, deadline=now + 2 * self.config.rto_initial)
+        pending = self._pending_connects.get(addr)
+        if pending is not None:
+            pending.discovered = True
 
     def send_data(
         self, node_id: str, payload: Any, now: float, *, reliable: bool = True
@@ -1305,7 +1357,7 @@ class Node:
         peer.next_seq = seq + 1
         if reliable:
             win.add(seq, msg_id, data, now)
-            self._inflight.add(peer)
+            self._inflight[peer] = None
             deadline = win.next_deadline()
             if deadline < self._window_at:
                 self._window_at = deadline
@@ -1442,7 +1494,7 @@ class Node:
                     counters.evictions += 1
                     continue
             if not len(win):
-                self._inflight.discard(peer)
+                self._inflight.pop(peer, None)
                 continue
             deadline = win.next_deadline()
             if deadline < earliest:
@@ -1463,7 +1515,7 @@ class Node:
             if not missing or peer.gap_requests >= GAP_REQUESTS:
                 peer.gap_at = _INF
                 peer.gap_requests = 0
-                self._gapped.discard(peer)
+                self._gapped.pop(peer, None)
                 continue
             self.counters.retransmit_requests += 1
             log.debug("asking peer %s to retransmit %d message(s)", peer.node_id, len(missing))
@@ -1482,6 +1534,8 @@ class Node:
                 continue
             if now >= pending.deadline:
                 del self._pending_connects[addr]
+                if pending.discovered:
+                    self._cool_down(addr, now)
                 waited = now - pending.started
                 self._events.append(
                     ConnectFailed(
@@ -1528,6 +1582,11 @@ class Node:
             target = (host, port)
             if port != self.local_addr[1]:
                 self._maybe_connect(target, now)
+        if self.peers_by_id:
+            # Gossip: ask one peer for its whole list, so a node missed by the debounced
+            # broadcasts (only the newest joins fit one) is learned all the same.
+            ids = list(self.peers_by_id)
+            self.request_peers(ids[self._pick(len(ids))], now)
         self._discovery_at = now + 10 * self.config.heartbeat_interval
 
     def _schedule_broadcast(self, now: float) -> None:
@@ -1546,7 +1605,11 @@ class Node:
         broadcast whatever the churn."""
         self._broadcast_at = self._broadcast_latest = _INF
         # Only the newest joins fit one datagram: keep the per-broadcast work O(peers).
-        announce = [p for p in self._announce[-BROADCAST_LIMIT:] if self.peers_by_addr.get(p.addr) is p]
+        announce = [
+            p
+            for p in dict.fromkeys(self._announce[-BROADCAST_LIMIT:])  # (a proof re-announces)
+            if p.proven and self.peers_by_addr.get(p.addr) is p
+        ]
         self._announce = []
         if self._removed_since_broadcast:
             self._removed_since_broadcast = False
@@ -1618,12 +1681,15 @@ class Node:
         self._queue(data, peer, T_ERROR)
 
     def _sample_peers(self, limit: int) -> list[Peer]:
-        """Up to ``limit`` peers, most recently joined first (O(limit), not O(peers))."""
+        """Up to ``limit`` peers to advertise, most recently joined first: only those whose
+        address is proven, so a forged handshake never makes others dial an address that
+        never asked for it (O(limit) in the common case)."""
         out: list[Peer] = []
         for peer in reversed(self.peers_by_id.values()):
-            out.append(peer)
-            if len(out) >= limit:
-                break
+            if peer.proven:
+                out.append(peer)
+                if len(out) >= limit:
+                    break
         return out
 
     # ------------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ RESEND_BURST = 256 * 1024
 RESEND_RATE = 1024 * 1024
 
 
-def ack_ranges(owed: list[int], seen: list[list[int]]) -> list[list[int]]:
+def ack_ranges(owed: list[int], seen: list[list[int]], floor: int = 1) -> list[list[int]]:
     """The ``[lo, hi]`` ranges of a coalesced Ack: the sequence numbers ``owed`` (as received
     since the last Ack, any order, repeats allowed), then, like a QUIC ACK frame, the newest
     runs the duplicate filter has ``seen`` that these do not already cover, up to
     ``MAX_ACK_RANGES`` ranges in all, so a lost Ack is made good by the next one. No range is
-    longer than ``MAX_ACK_RANGE_LEN``; 0 (which stands for "nothing yet") is never acked."""
+    longer than ``MAX_ACK_RANGE_LEN``; nothing below ``floor`` is repeated (the number before
+    the peer's first message stands for "nothing yet")."""
     seqs = sorted(set(owed))
     ranges: list[list[int]] = []
     lo = hi = seqs[0]
@@ -38,7 +39,7 @@ def ack_ranges(owed: list[int], seen: list[list[int]]) -> list[list[int]]:
     if len(ranges) < MAX_ACK_RANGES:
         covered = _union(ranges)
         for lo, hi in seen[: MAX_ACK_RANGES - len(ranges)]:
-            lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1, 1)
+            lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1, floor)
             if hi >= lo and not any(a <= lo and hi <= b for a, b in covered):
                 ranges.append([lo, hi])
     return ranges

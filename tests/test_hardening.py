@@ -395,6 +395,8 @@ def test_a_large_node_info_cannot_blind_a_newcomer():
         node.receive_datagram(handshake(f"small{i}")[0], ("127.0.0.1", 7001 + i), 1000.0)
     big = envelope("HandshakeRequest", biggest, seq=1, requires_ack=True, sender_addr="0.0.0.0:0")
     node.receive_datagram(big, ("127.0.0.1", 7000), 1000.0)  # the newest: listed first
+    for peer in node.peers_by_id.values():
+        peer.proven = True  # only proven peers are advertised
     node.datagrams_to_send()
     # ... does not hide the others from a newcomer's first DiscoveryResponse
     node.receive_datagram(handshake("newcomer")[0], ("127.0.0.1", 7100), 1000.0)
