@@ -935,9 +935,10 @@ class Node:
         if original.get("message_type") == "Ack":
             self.route_ids.seen(route_id, now)
             handle = original.get("ack_for")
-            if type(handle) is str and self.deliveries.confirm(handle, source):
-                self._events.append(SendCompleted(handle))
-                self._reopen_destinations()
+            if type(handle) is str:
+                confirmed, hop = self.deliveries.confirm(handle, source)
+                if confirmed:
+                    self._settle(SendCompleted(handle), hop)
             return True
         receiver = self._receiver
         if receiver.deliver == DELIVER_APP and 0 < receiver.app_limit <= receiver.app_pending:
@@ -955,9 +956,11 @@ class Node:
         text = payload.get("error") if type(payload) is dict else payload
         code = payload.get("code") if type(payload) is dict else None
         handle = msg.ack_for
-        if handle is not None and handle in self.deliveries:
-            # the refusal names one of our routed messages: it will not be delivered
-            self._hop_failed(handle, code if code in ("no_route", "too_large") else "refused")
+        if handle is not None:
+            failed, hop = self.deliveries.fail(handle)
+            if failed:  # the refusal names one of our routed messages: it will not arrive
+                reason = code if code in ("no_route", "too_large") else "refused"
+                self._settle(SendFailed(handle, reason), hop)
         log.info("peer %s reported an error: %.200s", peer.node_id, text)
 
     def _on_disconnect(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1019,7 +1022,7 @@ class Node:
         self._events.append(SendCompleted(msg_id))
 
     def _hop_failed(self, msg_id: str, reason: str) -> None:
-        """``msg_id`` cannot reach the next hop (or the destination refused it)."""
+        """``msg_id`` cannot reach the next hop."""
         quiet = self.deliveries.quiet
         if msg_id in quiet:
             quiet.discard(msg_id)
@@ -1028,6 +1031,16 @@ class Node:
         self._reopen_destinations()
         self.counters.send_failures += 1
         self._events.append(SendFailed(msg_id, reason))
+
+    def _settle(self, event: SendCompleted | SendFailed, hop: Any) -> None:
+        """A routed send resolved end to end: its one outcome. If the first hop still holds
+        the message, the hop's own outcome, when it comes, stays internal."""
+        if isinstance(event, SendFailed):
+            self.counters.send_failures += 1
+        self._events.append(event)
+        if hop is not None and self.peers_by_id.get(hop.node_id) is hop and hop.window.holds(event.handle):
+            self.deliveries.quiet.add(event.handle)
+        self._reopen_destinations()
 
     def _reopen_destinations(self) -> None:
         for destination in self.deliveries.reopened():
@@ -1256,7 +1269,7 @@ class Node:
             payload = self._routed(node_id, msg_id, payload, ts, confirm=confirmed)
         self._send_data_to(peer, payload, msg_id, ts, reliable, now)
         if confirmed:
-            self.deliveries.expect(msg_id, node_id, now)
+            self.deliveries.expect(msg_id, node_id, now, peer)
             deadline = now + self.deliveries.timeout
             if deadline < self._delivery_at:
                 self._delivery_at = deadline
@@ -1456,8 +1469,8 @@ class Node:
         if now >= self._discovery_at:
             self._run_discovery(now)
         if now >= self._delivery_at:
-            for handle in self.deliveries.expire(now):
-                self._events.append(SendFailed(handle, "timeout"))
+            for handle, hop in self.deliveries.expire(now):
+                self._settle(SendFailed(handle, "timeout"), hop)
             self._reopen_destinations()
             self._delivery_at = self.deliveries.next_deadline()
         if now >= self._housekeeping_at:
