@@ -11,6 +11,7 @@ import asyncio
 import sys
 
 from p2pfast import Config, DataReceived, P2PServer
+from p2pfast.addr import format_addr
 from p2pfast.server import run
 
 
@@ -39,7 +40,7 @@ async def main(server_addr: str, name: str, network_id: str) -> None:
         print(f"ping/pong: rtt {rtt * 1000:.2f} ms")
 
         peers = await client.list_peers(server_id, full_info=True)
-        names = ", ".join(f"{p['name']}@{p['listen_addr']}" for p in peers)
+        names = ", ".join(f"{p.name}@{format_addr(p.listen_addr)}" for p in peers if p.listen_addr)
         print(f"discovery: {len(peers)} node(s): {names}")
 
         await client.disconnect(server_id, reason="done")

@@ -229,7 +229,7 @@ def command(config_file: str | None, log_level: str | None, **flags: Any) -> Non
 async def _serve(config: Config) -> None:
     from .server import P2PServer
 
-    server = P2PServer(config)
+    server = P2PServer(config, echo=config.echo, queue_data=False)
     metrics: MetricsServer | None = None
     if config.metrics_address is not None:  # bound first: a busy port stops us before we join
         from .metrics import start_metrics_server
