@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from .addr import format_addr, split_host_port
 from .config import Config, unknown_env_vars
 from .errors import ConfigError
 
@@ -83,29 +84,26 @@ def _port_range(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def normalize_address(key: str, text: str) -> str:
-    """An ``ip:port`` the config accepts: host names are resolved (blocking, at start-up),
-    a bare IPv6 address gets the bracket hint. Raises ConfigError naming ``key``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or text.startswith("["):
-        return text  # let the config's own check word the error
-    if host.count(":") >= 1:
-        raise ConfigError(f"{key}: write an IPv6 address in brackets: [{host}]:{port}")
+    """An ``ip:port`` the config accepts: a host name is resolved (blocking, at start-up, before
+    the loop runs); a malformed address gets the hint of :func:`p2pfast.addr.split_host_port`
+    (e.g. ``[::1]:9301`` for ``::1:9301``). Raises ConfigError naming ``key``."""
     try:
-        ipaddress.IPv4Address(host)
-        return text
+        host, port = split_host_port(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return text  # already an IP address
     except ValueError:
         pass
-    if not host or not port.isdigit():
-        return text
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{key}: cannot resolve host name {host!r}: {reason}") from None
-    # Prefer IPv4 (the seed protocol's usual family), as the Rust server binds it.
+    # Prefer IPv4 (the Rust protocol's usual family), as the Rust server binds it.
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    ip = str(infos[0][4][0])
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return format_addr((str(infos[0][4][0]), port))
 
 
 def _normalized_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -277,24 +277,7 @@ def _address(key: str, text: Any) -> None:
     try:
         parse_addr(text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{key}: {address_hint(text) or exc}") from None
-
-
-def address_hint(text: Any) -> str | None:
-    """What to write instead of a common mistake: a bare IPv6 address, a host name."""
-    if not isinstance(text, str) or text.startswith("["):
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    if ":" in host:
-        return f"write an IPv6 address in brackets: [{host}]:{port}"
-    if host and not host.replace(".", "").isdigit():
-        return (
-            f"{host!r} is a host name: write an IP address here "
-            "(p2pfast-server resolves host names given with -a/--metrics or in the environment)"
-        )
-    return None
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _positive_int(key: str, value: Any) -> None:

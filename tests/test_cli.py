@@ -457,7 +457,10 @@ def test_ctrl_c_while_serving_disconnects_and_exits_zero() -> None:
 @pytest.mark.parametrize(
     "content, fragment",
     [
-        ('{"listen_address": "localhost:9300"}', "'localhost' is a host name: write an IP address"),
+        (
+            '{"listen_address": "localhost:9300"}',
+            "'localhost' is a host name, an IP address is needed here",
+        ),
         ('{"listen_address": "::1:9301"}', "[::1]:9301"),
         ('{"metrics_address": "fe80::1:9100"}', "[fe80::1]:9100"),
     ],
