@@ -1,0 +1,311 @@
+"""Invariant checkers, fed by the simulator as the run goes.
+
+- :class:`MessageLedger`: every reliable message between nodes that stay up and connected is
+  delivered exactly once; nothing is delivered that was never sent (each payload carries a
+  unique tag, and the delivery must match the tag's sender, receiver and message id).
+- :class:`StateBounds`: peers, routes, route-id cache and in-flight windows stay within the
+  configured bounds, sampled on a fixed virtual-time schedule.
+- :func:`amplification`: bytes a node sends to an address no host ever held stay within 3×
+  the bytes it received from that address.
+- :class:`Convergence`: the virtual time until every live node can reach every other one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import to_seconds
+
+#: Replies to an unproven address stay within this factor of what it sent (the engine's rule).
+AMPLIFICATION_FACTOR = 3
+#: Violations quoted in a detail string at most.
+MAX_QUOTED = 3
+
+
+@dataclass
+class Verdict:
+    held: bool = True
+    detail: str = ""
+    violations: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def fail(self, text: str) -> None:
+        self.held = False
+        self.count += 1
+        if len(self.violations) < MAX_QUOTED:
+            self.violations.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        detail = self.detail
+        if not self.held:
+            quoted = "; ".join(self.violations)
+            detail = f"{self.count} violation(s): {quoted}" + (f" ({detail})" if detail else "")
+        return {"held": self.held, "detail": detail}
+
+
+class SentMessage:
+    __slots__ = (
+        "tag",
+        "src",
+        "dst",
+        "src_inc",
+        "dst_inc",
+        "handle",
+        "routed",
+        "tick",
+        "epoch",
+        "acked",
+        "failed",
+        "deliveries",
+    )
+
+    def __init__(
+        self, tag: int, src: int, dst: int, src_inc: int, dst_inc: int, handle: str, routed: bool, tick: int, epoch: int
+    ) -> None:
+        self.tag = tag
+        self.src = src
+        self.dst = dst
+        self.src_inc = src_inc
+        self.dst_inc = dst_inc
+        self.handle = handle
+        self.routed = routed
+        self.tick = tick
+        self.epoch = epoch
+        self.acked = False
+        self.failed = ""
+        self.deliveries: dict[int, int] = {}  # receiver incarnation -> times delivered
+
+
+class MessageLedger:
+    """Every tagged message sent, acknowledged, failed and delivered."""
+
+    def __init__(self) -> None:
+        self.by_tag: dict[int, SentMessage] = {}
+        self.by_handle: dict[str, SentMessage] = {}
+        #: (lower index, higher index) → disconnections seen between the two.
+        self.epochs: dict[tuple[int, int], int] = {}
+        self.exactly_once = Verdict()
+        self.phantoms = Verdict()
+        self.next_tag = 1
+        self.no_route = 0
+        self.window_full = 0
+        self.duplicates = 0
+        self.redelivered_after_restart = 0
+
+    def new_tag(self) -> int:
+        tag = self.next_tag
+        self.next_tag += 1
+        return tag
+
+    def epoch(self, a: int, b: int) -> int:
+        return self.epochs.get((a, b) if a < b else (b, a), 0)
+
+    def disconnected(self, a: int, b: int) -> None:
+        key = (a, b) if a < b else (b, a)
+        self.epochs[key] = self.epochs.get(key, 0) + 1
+
+    def sent(self, msg: SentMessage) -> None:
+        self.by_tag[msg.tag] = msg
+        self.by_handle[msg.handle] = msg
+
+    def acked(self, handle: str) -> None:
+        msg = self.by_handle.get(handle)
+        if msg is not None:
+            msg.acked = True
+
+    def failed(self, handle: str, reason: str) -> None:
+        msg = self.by_handle.get(handle)
+        if msg is not None:
+            msg.failed = reason
+
+    def delivered(
+        self, receiver: int, incarnation: int, source_index: int | None, payload: Any, message_id: str, tick: int
+    ) -> None:
+        """A DataReceived at ``receiver``; ``source_index`` is the host of the claimed source."""
+        tag = payload.get("tag") if type(payload) is dict else None
+        msg = self.by_tag.get(tag) if type(tag) is int else None
+        if msg is None:
+            self.phantoms.fail(f"host {receiver} received {str(payload)[:60]!r}, never sent, at {to_seconds(tick):.4f}s")
+            return
+        if msg.dst != receiver or msg.src != source_index or msg.handle != message_id:
+            self.phantoms.fail(
+                f"tag {tag} sent {msg.src}->{msg.dst} (id {msg.handle}) delivered at host {receiver} "
+                f"from host {source_index} with id {message_id}"
+            )
+            return
+        count = msg.deliveries.get(incarnation, 0) + 1
+        msg.deliveries[incarnation] = count
+        if count > 1:
+            self.duplicates += 1
+            self.exactly_once.fail(
+                f"tag {tag} ({msg.src}->{msg.dst}) delivered {count} times at {to_seconds(tick):.4f}s"
+            )
+        elif len(msg.deliveries) > 1:
+            self.redelivered_after_restart += 1
+
+    def finish(self, incarnations: list[int], replay: str) -> dict[str, int]:
+        """Check losses: a direct message that was acked, between hosts that neither restarted
+        nor disconnected from each other since it was sent, must have been delivered."""
+        sent = delivered = lost = in_flight = failed = 0
+        routed_sent = routed_delivered = 0
+        for msg in self.by_tag.values():
+            sent += 1
+            got = msg.deliveries.get(msg.dst_inc, 0) > 0 or bool(msg.deliveries)
+            if got:
+                delivered += 1
+            if msg.routed:
+                routed_sent += 1
+                routed_delivered += got
+            if msg.failed:
+                failed += 1
+            elif not msg.acked and not got:
+                in_flight += 1
+            if (
+                not msg.routed
+                and msg.acked
+                and not got
+                and incarnations[msg.src] == msg.src_inc
+                and incarnations[msg.dst] == msg.dst_inc
+                and self.epoch(msg.src, msg.dst) == msg.epoch
+            ):
+                lost += 1
+                self.exactly_once.fail(
+                    f"tag {msg.tag} {msg.src}->{msg.dst} sent at {to_seconds(msg.tick):.4f}s was "
+                    "acknowledged but never delivered"
+                )
+        return {
+            "sent": sent,
+            "delivered": delivered,
+            "duplicates": self.duplicates,
+            "lost": lost,
+            "in_flight": in_flight,
+            "failed": failed,
+            "no_route": self.no_route,
+            "window_full": self.window_full,
+            "routed_sent": routed_sent,
+            "routed_delivered": routed_delivered,
+            "redelivered_after_restart": self.redelivered_after_restart,
+        }
+
+
+class StateBounds:
+    """Per-node maxima of the engine's tables, checked against the node's own configuration."""
+
+    def __init__(self) -> None:
+        self.verdict = Verdict()
+        self.maxima = {"peers": 0, "routes": 0, "route_cache": 0, "in_flight": 0, "in_flight_per_peer": 0}
+
+    def sample(self, index: int, node: Any, now: float) -> None:
+        config = node.config
+        peers = node.peers_by_id
+        n_peers = len(peers)
+        routes = len(node.routes)
+        cache = len(node.route_ids)
+        in_flight = 0
+        per_peer = 0
+        for peer in peers.values():
+            w = len(peer.window)
+            in_flight += w
+            if w > per_peer:
+                per_peer = w
+        m = self.maxima
+        if n_peers > m["peers"]:
+            m["peers"] = n_peers
+        if routes > m["routes"]:
+            m["routes"] = routes
+        if cache > m["route_cache"]:
+            m["route_cache"] = cache
+        if in_flight > m["in_flight"]:
+            m["in_flight"] = in_flight
+        if per_peer > m["in_flight_per_peer"]:
+            m["in_flight_per_peer"] = per_peer
+        for name, value, bound in (
+            ("peers", n_peers, config.max_connections),
+            ("routes", routes, config.max_routes),
+            ("route cache", cache, config.route_cache_size),
+            ("in-flight per peer", per_peer, config.send_window),
+        ):
+            if value > bound:
+                self.verdict.fail(f"host {index} holds {value} {name} > bound {bound} at {now:.4f}s")
+
+
+def amplification(unproven: dict[tuple[int, tuple], list[int]], honest: int) -> Verdict:
+    """Bytes each honest host sent to a never-bound address vs bytes it received from it."""
+    verdict = Verdict()
+    worst = 0.0
+    for (index, addr), (out, got) in unproven.items():
+        if index >= honest or not out:
+            continue
+        ratio = out / got if got else float("inf")
+        worst = max(worst, ratio)
+        if out > AMPLIFICATION_FACTOR * got:
+            verdict.fail(f"host {index} sent {out} B to {addr[0]}:{addr[1]}, which sent it {got} B")
+    pairs = sum(1 for (index, _), (out, _got) in unproven.items() if index < honest)
+    verdict.detail = f"{pairs} (node, unproven address) pairs; worst ratio " + (
+        "inf" if worst == float("inf") else f"{worst:.2f}"
+    )
+    return verdict
+
+
+class Convergence:
+    """Whether every live node can reach every other (directly or along learned routes)."""
+
+    #: Above this many live nodes, reachability is checked on a seeded sample of pairs.
+    EXACT_LIMIT = 1500
+    SAMPLE_PAIRS = 20_000
+
+    def __init__(self, rng: random.Random, max_hops: int) -> None:
+        self.rng = rng
+        self.max_hops = max_hops
+        self.converged_at: float | None = None
+        self.last_fraction = 0.0
+        self.checks = 0
+
+    @staticmethod
+    def reaches(node: Any, target_id: str, nodes_by_id: dict[str, Any], max_hops: int) -> bool:
+        for _ in range(max_hops):
+            if target_id in node.peers_by_id:
+                return True
+            hop = node.routes.next_hop(target_id)
+            if hop is None or hop not in node.peers_by_id:
+                return False
+            node = nodes_by_id.get(hop)
+            if node is None:
+                return False
+        return False
+
+    def check(self, live: list[Any], now: float) -> bool:
+        """``live``: the engines of live honest nodes; True once they all reach each other."""
+        self.checks += 1
+        n = len(live)
+        if n < 2:
+            self.last_fraction = 1.0
+        else:
+            # Cheap necessary condition first: each node knows of at least n - 1 others.
+            if any(len(node.peers_by_id) + len(node.routes) < n - 1 for node in live):
+                self.last_fraction = 0.0
+                return False
+            by_id = {node.node_id: node for node in live}
+            reach = self.reaches
+            hops = self.max_hops
+            ok = total = 0
+            if n <= self.EXACT_LIMIT:
+                for a in live:
+                    for b in live:
+                        if a is not b:
+                            total += 1
+                            ok += reach(a, b.node_id, by_id, hops)
+            else:
+                rng = self.rng
+                for _ in range(self.SAMPLE_PAIRS):
+                    a = live[rng.randrange(n)]
+                    b = live[rng.randrange(n)]
+                    if a is not b:
+                        total += 1
+                        ok += reach(a, b.node_id, by_id, hops)
+            self.last_fraction = ok / total if total else 1.0
+        if self.last_fraction == 1.0 and self.converged_at is None:
+            self.converged_at = now
+        return self.last_fraction == 1.0

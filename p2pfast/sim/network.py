@@ -1,0 +1,209 @@
+"""The network model: per-link latency and jitter, loss, duplication, reordering, uplink
+bandwidth with a tail-drop queue, partitions that heal, NAT traversal, and the byte accounting
+the amplification invariant reads.
+
+Every random draw comes from the network's own seeded ``random.Random``, in the order the
+datagrams are sent, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from .clock import DELIVER, TICKS_PER_SECOND, EventQueue
+from .nat import NatBox
+
+#: The UDP port every simulated node listens on.
+NODE_PORT = 9000
+
+
+class Host:
+    """One simulated machine as the network sees it (the simulator adds the engine)."""
+
+    __slots__ = (
+        "index",
+        "ip",
+        "addr",
+        "access",
+        "side",
+        "nat",
+        "uplink_free",
+        "up",
+        "node",
+        "role",
+        "node_id",
+        "incarnation",
+        "timer_tick",
+        "fired_tick",
+        "joined_at",
+        "tx_dgrams",
+        "tx_bytes",
+        "rx_dgrams",
+        "rx_bytes",
+        "hostile",
+    )
+
+    def __init__(self, index: int, ip: str, access: int, role: str) -> None:
+        self.index = index
+        self.ip = ip
+        self.addr: tuple[str, int] = (ip, NODE_PORT)
+        self.access = access  # one-way access latency, ticks
+        self.side = 0  # partition side
+        self.nat: NatBox | None = None
+        self.uplink_free = 0.0  # tick at which the uplink queue drains
+        self.up = False
+        self.node: Any = None
+        self.role = role  # "bootstrap", "node", or a hostile kind
+        self.node_id = ""
+        self.incarnation = 0
+        self.timer_tick = -1
+        self.fired_tick = -1
+        self.joined_at = -1
+        self.tx_dgrams = self.tx_bytes = self.rx_dgrams = self.rx_bytes = 0
+        self.hostile: Any = None
+
+
+def host_ip(index: int, first_octet: int = 0) -> str:
+    """``127.a.b.c`` for host ``index`` (loopback space only: nothing here is routable)."""
+    n = index + 1
+    return f"127.{first_octet + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+
+
+class Network:
+    """Carries datagrams between hosts through the event queue."""
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        rng: random.Random,
+        *,
+        loss: float,
+        duplicate: float,
+        reorder: float,
+        jitter: float,
+        bandwidth: float,
+        queue_bytes: int,
+    ) -> None:
+        self.queue = queue
+        self.rng = rng
+        self.loss = loss
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.jitter = jitter
+        self.bytes_per_tick = bandwidth / TICKS_PER_SECOND
+        self.queue_bytes = queue_bytes
+        #: IP → Host or NatBox; an IP is never removed, so "never bound" is "not in here".
+        self.endpoints: dict[str, Host | NatBox] = {}
+        self.partitioned = False
+        self.sent = self.sent_bytes = self.delivered = self.duplicated = 0
+        self.dropped = {
+            "loss": 0,
+            "queue": 0,
+            "partition": 0,
+            "nat": 0,
+            "down": 0,
+            "unroutable": 0,
+        }
+        #: (sender index, address) → [bytes sent to it, bytes received from it], for addresses
+        #: no host ever held (spoofed sources, invented peer-list entries).
+        self.unproven: dict[tuple[int, tuple], list[int]] = {}
+        #: A test hook: called as ``tamper(sender, data, dst, tick)``; may return extra
+        #: ``(data, dst)`` copies to inject (used to prove the checkers catch a faulty network).
+        self.tamper: Any = None
+
+    def attach(self, endpoint: Host | NatBox) -> None:
+        ip = endpoint.public_ip if isinstance(endpoint, NatBox) else endpoint.ip
+        if ip in self.endpoints:
+            raise ValueError(f"address {ip} already in use")
+        self.endpoints[ip] = endpoint
+
+    def send(self, host: Host, data: bytes, dst: tuple, tick: int) -> None:
+        """``host`` sends ``data`` to ``dst`` at ``tick``: queue, lose, partition or schedule it."""
+        size = len(data)
+        self.sent += 1
+        self.sent_bytes += size
+        host.tx_dgrams += 1
+        host.tx_bytes += size
+        target = self.endpoints.get(dst[0])
+        nat = host.nat
+        src = host.addr if nat is None else nat.outbound(host.addr, dst, tick)
+        if target is None:
+            self.dropped["unroutable"] += 1
+            key = (host.index, dst)
+            record = self.unproven.get(key)
+            if record is None:
+                self.unproven[key] = [size, 0]
+            else:
+                record[0] += size
+            return
+        free = host.uplink_free
+        start = free if free > tick else float(tick)
+        if (start - tick) * self.bytes_per_tick + size > self.queue_bytes:
+            self.dropped["queue"] += 1
+            return
+        depart = start + size / self.bytes_per_tick
+        host.uplink_free = depart
+        rng = self.rng
+        if self.loss and rng.random() < self.loss:
+            self.dropped["loss"] += 1
+            return
+        far = target.host if isinstance(target, NatBox) else target
+        if self.partitioned and far.side != host.side:
+            self.dropped["partition"] += 1
+            return
+        base = host.access + far.access
+        delay = base + rng.random() * self.jitter * base
+        if self.reorder and rng.random() < self.reorder:
+            delay += rng.random() * 2 * base
+        self.queue.push(math.ceil(depart + delay), DELIVER, target, data, src, dst)
+        if self.duplicate and rng.random() < self.duplicate:
+            self.duplicated += 1
+            again = base + rng.random() * (self.jitter + 1.0) * base
+            self.queue.push(math.ceil(depart + again), DELIVER, target, data, src, dst)
+        if self.tamper is not None:
+            for extra, extra_dst in self.tamper(host, data, dst, tick):
+                self.queue.push(math.ceil(depart + delay) + 1, DELIVER, target, extra, src, extra_dst)
+
+    def arrive(self, target: Host | NatBox, data: bytes, src: tuple, dst: tuple, tick: int) -> Host | None:
+        """The host a datagram reaches (after NAT filtering), or None if it is dropped."""
+        if isinstance(target, NatBox):
+            inside = target.inbound(src, dst[1], tick)
+            if inside is None:
+                self.dropped["nat"] += 1
+                return None
+            host = target.host
+        else:
+            host = target
+            if dst[1] != NODE_PORT:
+                self.dropped["unroutable"] += 1
+                return None
+        if not host.up:
+            self.dropped["down"] += 1
+            return None
+        self.delivered += 1
+        size = len(data)
+        host.rx_dgrams += 1
+        host.rx_bytes += size
+        if src[0] not in self.endpoints:
+            key = (host.index, src)
+            record = self.unproven.get(key)
+            if record is None:
+                self.unproven[key] = [0, size]
+            else:
+                record[1] += size
+        return host
+
+    def inject(self, target_ip: str, data: bytes, src: tuple, dst: tuple, tick: int, delay: int) -> None:
+        """A datagram with a forged source (hostile senders): no uplink, loss still applies."""
+        target = self.endpoints.get(target_ip)
+        self.sent += 1
+        self.sent_bytes += len(data)
+        if target is None:
+            self.dropped["unroutable"] += 1
+            return
+        if self.loss and self.rng.random() < self.loss:
+            self.dropped["loss"] += 1
+            return
+        self.queue.push(tick + delay, DELIVER, target, data, src, dst)
