@@ -276,36 +276,46 @@ class Convergence:
                 return False
         return False
 
-    def check(self, live: list[Any], now: float) -> bool:
-        """``live``: the engines of live honest nodes; True once they all reach each other."""
+    def check(self, live: list[Any], now: float, *, final: bool = False) -> bool:
+        """``live``: the engines of live honest nodes; True once they all reach each other.
+        The final check also measures the fraction of pairs that can reach each other."""
         self.checks += 1
         n = len(live)
         if n < 2:
-            self.last_fraction = 1.0
+            fraction = 1.0
+        elif not final and any(len(node.peers_by_id) + len(node.routes) < n - 1 for node in live):
+            return False  # necessary condition: each node knows of at least n - 1 others
         else:
-            # Cheap necessary condition first: each node knows of at least n - 1 others.
-            if any(len(node.peers_by_id) + len(node.routes) < n - 1 for node in live):
-                self.last_fraction = 0.0
-                return False
             by_id = {node.node_id: node for node in live}
-            reach = self.reaches
-            hops = self.max_hops
-            ok = total = 0
-            if n <= self.EXACT_LIMIT:
-                for a in live:
-                    for b in live:
-                        if a is not b:
-                            total += 1
-                            ok += reach(a, b.node_id, by_id, hops)
-            else:
-                rng = self.rng
-                for _ in range(self.SAMPLE_PAIRS):
-                    a = live[rng.randrange(n)]
-                    b = live[rng.randrange(n)]
-                    if a is not b:
-                        total += 1
-                        ok += reach(a, b.node_id, by_id, hops)
-            self.last_fraction = ok / total if total else 1.0
-        if self.last_fraction == 1.0 and self.converged_at is None:
+            fraction = self._sampled(live, by_id, self.SAMPLE_PAIRS if final else 2000)
+            if fraction == 1.0 and n <= self.EXACT_LIMIT:
+                fraction = self._exact(live, by_id)
+        self.last_fraction = fraction
+        if fraction == 1.0 and self.converged_at is None:
             self.converged_at = now
-        return self.last_fraction == 1.0
+        return fraction == 1.0
+
+    def _exact(self, live: list[Any], by_id: dict[str, Any]) -> float:
+        reach = self.reaches
+        ok = total = 0
+        for a in live:
+            for b in live:
+                if a is not b:
+                    total += 1
+                    ok += reach(a, b.node_id, by_id, self.max_hops)
+        return ok / total
+
+    def _sampled(self, live: list[Any], by_id: dict[str, Any], pairs: int) -> float:
+        n = len(live)
+        if n * (n - 1) <= pairs:
+            return self._exact(live, by_id)
+        rng = self.rng
+        reach = self.reaches
+        ok = total = 0
+        for _ in range(pairs):
+            a = live[rng.randrange(n)]
+            b = live[rng.randrange(n)]
+            if a is not b:
+                total += 1
+                ok += reach(a, b.node_id, by_id, self.max_hops)
+        return ok / total if total else 1.0

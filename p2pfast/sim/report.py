@@ -85,6 +85,10 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
             "per_node_per_minute": round(sum(tx) / n / minutes, 3),
             "bytes_per_node_per_minute": round(sum(tx_bytes) / n / minutes, 1),
         },
+        "messages_by_type": {
+            "sent": dict(sorted(sim.sent_by_type.items())),
+            "received": dict(sorted(sim.received_by_type.items())),
+        },
         "per_node": {
             "datagrams_sent": _summary(tx),
             "bytes_sent": _summary(tx_bytes),

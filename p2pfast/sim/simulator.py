@@ -129,6 +129,9 @@ class Simulation:
         self.engine_seconds = 0.0
         self.engine_calls = 0
         self._dirty: dict[Host, None] = {}
+        #: Engine counters of nodes that have stopped (crashed, restarted), summed by type.
+        self.sent_by_type: dict[str, int] = {}
+        self.received_by_type: dict[str, int] = {}
 
     # ---------------------------------------------------------------------------------
     # Scheduling
@@ -204,11 +207,22 @@ class Simulation:
         if self.churn_rng.random() < GRACEFUL_FRACTION:
             host.node.close(tick / TICKS_PER_SECOND)
             self._flush(host, tick)
+        self._collect(host.node, tick)
         host.up = False
         host.node = None
         host.timer_tick = -1
         self._dirty.pop(host, None)
         self.at(to_seconds(tick) + self.churn_rng.uniform(*DOWNTIME), self._restart, host)
+
+    def _collect(self, node: Node, tick: int) -> None:
+        """Add a node's per-type message counts to the run's totals."""
+        stats = node.get_stats(tick / TICKS_PER_SECOND)
+        for totals, counts in (
+            (self.sent_by_type, stats.messages_sent),
+            (self.received_by_type, stats.messages_received),
+        ):
+            for name, count in counts.items():
+                totals[name] = totals.get(name, 0) + count
 
     def _restart(self, tick: int, host: Host) -> None:
         self.restarts += 1
@@ -303,7 +317,7 @@ class Simulation:
             if host.up and host.node is not None:
                 sample(host.index, host.node, now)
 
-    def _check_convergence(self, now: float) -> None:
+    def _check_convergence(self, now: float, *, final: bool = False) -> None:
         # Counted from the start: every honest node must have joined once; after that, a node
         # restarted less than SETTLE_SECONDS ago is not counted yet.
         if any(h.incarnation == 0 for h in self.honest_hosts):
@@ -315,7 +329,7 @@ class Simulation:
             for h in self.honest_hosts
             if h.up and (h.incarnation == 1 or h.joined_at + settle <= tick)
         ]
-        self.convergence.check(live, now)
+        self.convergence.check(live, now, final=final)
 
     # ---------------------------------------------------------------------------------
     # The event loop
@@ -391,7 +405,10 @@ class Simulation:
             self._loop()
             end = self.end_tick / TICKS_PER_SECOND
             self._check_state(end)
-            self._check_convergence(end)
+            self._check_convergence(end, final=True)
+            for host in self.honest_hosts:
+                if host.up and host.node is not None:
+                    self._collect(host.node, self.end_tick)
         finally:
             engine_log.setLevel(old_level)
         return build_report(self, time.perf_counter() - wall_start)
