@@ -61,6 +61,7 @@ def _run(scenario: Scenario, json_path: str | None, profile: bool, quiet: bool) 
 @click.option("--bootstraps", type=int, default=1, show_default=True)
 @click.option("--rate", type=float, default=0.05, show_default=True, help="Messages per node per second.")
 @click.option("--max-connections", type=int, default=100, show_default=True)
+@click.option("--bootstrap-connections", type=int, default=0, show_default=True, help="Bootstrap max_connections (0: every node).")
 @click.option("--heartbeat", type=float, default=15.0, show_default=True, help="Engine heartbeat_interval.")
 @click.option("--connection-timeout", type=float, default=45.0, show_default=True)
 @click.option("--profile", is_flag=True, help="Time the engine's calls apart from the simulator's work.")
@@ -81,6 +82,7 @@ def main(
     bootstraps: int,
     rate: float,
     max_connections: int,
+    bootstrap_connections: int,
     heartbeat: float,
     connection_timeout: float,
     profile: bool,
@@ -103,6 +105,7 @@ def main(
             "bootstraps": bootstraps,
             "rate": rate,
             "max_connections": max_connections,
+            "bootstrap_connections": bootstrap_connections,
             "heartbeat_interval": heartbeat,
             "connection_timeout": connection_timeout,
         }

@@ -20,6 +20,9 @@ from .clock import to_seconds
 
 #: Replies to an unproven address stay within this factor of what it sent (the engine's rule).
 AMPLIFICATION_FACTOR = 3
+#: A receiver's session older than the sender's by this many ticks (10 s: longer than a
+#: handshake with all its retries) is stale.
+STALE_TICKS = 10 * 10_000
 #: Violations quoted in a detail string at most.
 MAX_QUOTED = 3
 
@@ -59,6 +62,8 @@ class SentMessage:
         "acked",
         "failed",
         "deliveries",
+        "stale",
+        "session",
     )
 
     def __init__(
@@ -76,6 +81,10 @@ class SentMessage:
         self.acked = False
         self.failed = ""
         self.deliveries: dict[int, int] = {}  # receiver incarnation -> times delivered
+        #: The receiver's session with the sender predates the sender's own session (see
+        #: :meth:`MessageLedger.stale_session`).
+        self.stale = False
+        self.session = -1  # start tick of the receiver's session that first delivered it
 
 
 class MessageLedger:
@@ -86,6 +95,10 @@ class MessageLedger:
         self.by_handle: dict[str, SentMessage] = {}
         #: (lower index, higher index) → disconnections seen between the two.
         self.epochs: dict[tuple[int, int], int] = {}
+        #: (at, other) → tick at which ``at`` last opened a session with ``other``.
+        self.session_start: dict[tuple[int, int], int] = {}
+        self.lost_stale = 0
+        self.duplicates_across_sessions = 0
         self.exactly_once = Verdict()
         self.phantoms = Verdict()
         self.next_tag = 1
@@ -105,6 +118,17 @@ class MessageLedger:
     def disconnected(self, a: int, b: int) -> None:
         key = (a, b) if a < b else (b, a)
         self.epochs[key] = self.epochs.get(key, 0) + 1
+
+    def session_opened(self, at: int, other: int, tick: int) -> None:
+        self.session_start[(at, other)] = tick
+
+    def stale_session(self, src: int, dst: int) -> bool:
+        """Whether ``dst`` holds a session with ``src`` opened well before ``src``'s session with
+        ``dst`` (``src`` restarted, or dropped ``dst`` alone, and shook hands again): a
+        classification of losses for the report, never an excuse for them."""
+        mine = self.session_start.get((src, dst))
+        theirs = self.session_start.get((dst, src))
+        return mine is not None and theirs is not None and mine - theirs > STALE_TICKS
 
     def sent(self, msg: SentMessage) -> None:
         self.by_tag[msg.tag] = msg
@@ -137,13 +161,19 @@ class MessageLedger:
             return
         count = msg.deliveries.get(incarnation, 0) + 1
         msg.deliveries[incarnation] = count
-        if count > 1:
+        session = self.session_start.get((receiver, msg.src), -1)
+        if count == 1:
+            msg.session = session
+            if len(msg.deliveries) > 1:
+                self.redelivered_after_restart += 1
+        else:
             self.duplicates += 1
+            reopened = session != msg.session
+            self.duplicates_across_sessions += reopened
             self.exactly_once.fail(
                 f"tag {tag} ({msg.src}->{msg.dst}) delivered {count} times at {to_seconds(tick):.4f}s"
+                + (" (the receiver had re-opened its session with the sender)" if reopened else "")
             )
-        elif len(msg.deliveries) > 1:
-            self.redelivered_after_restart += 1
 
     def finish(self, incarnations: list[int], replay: str) -> dict[str, int]:
         """Check losses: a direct message that was acked, between hosts that neither restarted
@@ -171,15 +201,19 @@ class MessageLedger:
                 and self.epoch(msg.src, msg.dst) == msg.epoch
             ):
                 lost += 1
+                self.lost_stale += msg.stale
                 self.exactly_once.fail(
                     f"tag {msg.tag} {msg.src}->{msg.dst} sent at {to_seconds(msg.tick):.4f}s was "
                     "acknowledged but never delivered"
+                    + (" (the receiver held an older session with the sender)" if msg.stale else "")
                 )
         return {
             "sent": sent,
             "delivered": delivered,
             "duplicates": self.duplicates,
+            "duplicates_across_sessions": self.duplicates_across_sessions,
             "lost": lost,
+            "lost_to_stale_session": self.lost_stale,
             "in_flight": in_flight,
             "failed": failed,
             "no_route": self.no_route,

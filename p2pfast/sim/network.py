@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from typing import Any
 
 from .clock import DELIVER, TICKS_PER_SECOND, EventQueue
 from .nat import NatBox
 
+_DIGEST_MOD = (1 << 61) - 1
 #: The UDP port every simulated node listens on.
 NODE_PORT = 9000
 
@@ -109,6 +111,10 @@ class Network:
         #: (sender index, address) → [bytes sent to it, bytes received from it], for addresses
         #: no host ever held (spoofed sources, invented peer-list entries).
         self.unproven: dict[tuple[int, tuple], list[int]] = {}
+        #: A running digest of every delivery (tick, receiver, size; content too when
+        #: ``digest_content``): two runs agree on it only if they agree datagram by datagram.
+        self.digest = 0
+        self.digest_content = False
         #: A test hook: called as ``tamper(sender, data, dst, tick)``; may return extra
         #: ``(data, dst)`` copies to inject (used to prove the checkers catch a faulty network).
         self.tamper: Any = None
@@ -184,6 +190,10 @@ class Network:
             return None
         self.delivered += 1
         size = len(data)
+        mix = tick * 65_537 + host.index * 257 + size
+        if self.digest_content:
+            mix = mix * 4_294_967_311 + zlib.crc32(data)
+        self.digest = (self.digest * 1_000_003 + mix) % _DIGEST_MOD
         host.rx_dgrams += 1
         host.rx_bytes += size
         if src[0] not in self.endpoints:

@@ -111,6 +111,7 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
             for h in sim.hostiles
         ],
         "replay": s.replay_command(),
+        "trace_digest": f"{net.digest:016x}",
     }
     if len(honest) <= PER_NODE_LIMIT:
         report["per_node"]["by_node"] = {
@@ -131,6 +132,9 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
         handled = max(1, net.delivered)
         wall["engine_seconds"] = round(sim.engine_seconds, 3)
         wall["engine_us_per_datagram"] = round(sim.engine_seconds / handled * 1e6, 3)
-        wall["simulator_us_per_datagram"] = round((wall_seconds - sim.engine_seconds) / handled * 1e6, 3)
+        wall["sampling_seconds"] = round(sim.sampling_seconds, 3)
+        wall["simulator_us_per_datagram"] = round(
+            (wall_seconds - sim.engine_seconds - sim.sampling_seconds) / handled * 1e6, 3
+        )
     report["wall"] = wall
     return report

@@ -100,6 +100,8 @@ class Scenario:
     nat_timeout: float = 120.0
     # Engine settings given to every node.
     max_connections: int = 100
+    #: max_connections of the bootstrap nodes (0: enough for every node).
+    bootstrap_connections: int = 0
     heartbeat_interval: float = 15.0
     connection_timeout: float = 45.0
 
@@ -165,6 +167,7 @@ _EXTRA_FLAGS = {
     "bootstraps": "--bootstraps",
     "rate": "--rate",
     "max_connections": "--max-connections",
+    "bootstrap_connections": "--bootstrap-connections",
     "heartbeat_interval": "--heartbeat",
     "connection_timeout": "--connection-timeout",
 }

@@ -41,6 +41,8 @@ GRACEFUL_FRACTION = 0.5
 #: Restarted nodes stay down for a uniform time in this range (seconds).
 DOWNTIME = (5.0, 60.0)
 NETWORK_ID = "p2p_sim"
+#: State bounds are checked on every this many samples (convergence on every one).
+STATE_SAMPLE_EVERY = 5
 
 
 def _node_takes_rng() -> bool:
@@ -82,6 +84,8 @@ class Simulation:
         self.bounds = StateBounds()
         self.convergence = Convergence(stream("convergence"), max_hops=8)
         self.node_rng = _node_takes_rng()
+        # With seeded engines every byte is reproducible, so the digest covers contents too.
+        self.network.digest_content = self.node_rng
 
         layout = stream("layout")
         lo, hi = s.latency_ms
@@ -129,6 +133,8 @@ class Simulation:
         self.engine_seconds = 0.0
         self.engine_calls = 0
         self._dirty: dict[Host, None] = {}
+        self._samples = 0
+        self.sampling_seconds = 0.0
         #: Engine counters of nodes that have stopped (crashed, restarted), summed by type.
         self.sent_by_type: dict[str, int] = {}
         self.received_by_type: dict[str, int] = {}
@@ -176,7 +182,11 @@ class Simulation:
             # Discovery probes only this range on our own host: one port, ours, so none.
             discovery_port_range=(NODE_PORT, NODE_PORT),
             echo=False,
-            max_connections=s.max_connections,
+            max_connections=(
+                (s.bootstrap_connections or max(s.max_connections, s.nodes))
+                if host.role == "bootstrap"
+                else s.max_connections
+            ),
             heartbeat_interval=s.heartbeat_interval,
             connection_timeout=s.connection_timeout,
             stats_interval=0,
@@ -281,19 +291,19 @@ class Simulation:
                 ledger.no_route += 1
                 return
             raise
-        ledger.sent(
-            SentMessage(
-                tag,
-                host.index,
-                target.index,
-                host.incarnation,
-                target.incarnation,
-                handle,
-                routed,
-                tick,
-                ledger.epoch(host.index, target.index),
-            )
+        msg = SentMessage(
+            tag,
+            host.index,
+            target.index,
+            host.incarnation,
+            target.incarnation,
+            handle,
+            routed,
+            tick,
+            ledger.epoch(host.index, target.index),
         )
+        msg.stale = not routed and ledger.stale_session(host.index, target.index)
+        ledger.sent(msg)
         self._dirty[host] = None
 
     # ---------------------------------------------------------------------------------
@@ -302,14 +312,16 @@ class Simulation:
     def _sample(self, tick: int, _arg: Any = None) -> None:
         now = tick / TICKS_PER_SECOND
         s = self.scenario
-        interval = 1.0 if self.convergence.converged_at is None else 5.0
-        if s.nodes > 2000:
-            interval *= 5
+        interval = 1.0 if s.nodes <= 2000 else 5.0
         if self.queue.now + to_ticks(interval) <= self.end_tick:
             self.at(now + interval, self._sample)
-        self._check_state(now)
+        t0 = time.perf_counter()
+        self._samples += 1
+        if self._samples % STATE_SAMPLE_EVERY == 0:
+            self._check_state(now)
         if self.convergence.converged_at is None:
             self._check_convergence(now)
+        self.sampling_seconds += time.perf_counter() - t0
 
     def _check_state(self, now: float) -> None:
         sample = self.bounds.sample
@@ -391,6 +403,9 @@ class Simulation:
                     ledger.disconnected(host.index, other)
             elif kind is PeerConnected:
                 self.connects += 1
+                other = index_by_id.get(event.node_id)
+                if other is not None:
+                    ledger.session_opened(host.index, other, tick)
             event = node.next_event()
 
     def run(self) -> dict[str, Any]:
