@@ -29,7 +29,9 @@ from p2pfast.sim.scenario import NAT_KINDS
 ROOT = Path(__file__).resolve().parent.parent
 T_DATA = 8  # MessageType.Data
 
-nat_mixes = st.sampled_from(["none", "realistic", "open=1,sym=1", "eim=1", "adf=1,open=1"]).map(parse_nat_mix)
+nat_mixes = st.sampled_from(["none", "realistic", "open=1,sym=1", "eim=1", "adf=1,open=1"]).map(
+    parse_nat_mix
+)
 
 #: Small networks, short runs, everything the network model can do except hostile nodes.
 scenarios = st.builds(
@@ -62,7 +64,11 @@ SWEEP = settings(
 def without_wall(report: Any) -> Any:
     """The report minus what may differ between two runs of one seed."""
     if isinstance(report, dict):
-        return {k: without_wall(v) for k, v in report.items() if "wall" not in k and k != "implementation"}
+        return {
+            k: without_wall(v)
+            for k, v in report.items()
+            if "wall" not in k and k != "implementation"
+        }
     if isinstance(report, list):
         return [without_wall(v) for v in report]
     return report
@@ -110,7 +116,14 @@ def test_flooders_get_no_more_than_three_times_what_they_send(
     """Junk, oversized and pre-handshake requests from an address that never shakes hands:
     every reply stays within 3x, and the honest nodes keep every other invariant."""
     report = simulate(
-        Scenario(nodes=nodes + hostile, hostile=hostile, hostile_kinds=("flooder",), duration=40, seed=seed, loss=loss)
+        Scenario(
+            nodes=nodes + hostile,
+            hostile=hostile,
+            hostile_kinds=("flooder",),
+            duration=40,
+            seed=seed,
+            loss=loss,
+        )
     )
     assert_engine_invariants(report)
     assert sum(h["sent"] for h in report["hostile"]) > 0
@@ -118,7 +131,18 @@ def test_flooders_get_no_more_than_three_times_what_they_send(
 
 
 def test_same_seed_same_run_in_process() -> None:
-    s = Scenario(nodes=25, duration=60, seed=11, loss=0.1, duplicate=0.05, reorder=0.1, churn=60, nat=parse_nat_mix("realistic"), partitions=1, hostile=2)
+    s = Scenario(
+        nodes=25,
+        duration=60,
+        seed=11,
+        loss=0.1,
+        duplicate=0.05,
+        reorder=0.1,
+        churn=60,
+        nat=parse_nat_mix("realistic"),
+        partitions=1,
+        hostile=2,
+    )
     first, second = simulate(s), simulate(s)
     assert without_wall(first) == without_wall(second)
     assert first["trace_digest"] == second["trace_digest"]
@@ -126,7 +150,9 @@ def test_same_seed_same_run_in_process() -> None:
     assert other["trace_digest"] != first["trace_digest"]
 
 
-def _cli(args: list[str], *, pure: bool | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    args: list[str], *, pure: bool | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("P2PFAST_NO_EXTENSIONS", None)
@@ -145,7 +171,17 @@ def _cli(args: list[str], *, pure: bool | None = None, timeout: float = 120) -> 
 
 def test_compiled_and_pure_give_the_same_run(tmp_path: Path) -> None:
     args = ["--nodes", "30", "--duration", "60", "--seed", "5", "--loss", "0.05", "--churn", "30"]
-    args += ["--nat", "realistic", "--duplicate", "0.05", "--reorder", "0.05", "--partitions", "1", "-q"]
+    args += [
+        "--nat",
+        "realistic",
+        "--duplicate",
+        "0.05",
+        "--reorder",
+        "0.05",
+        "--partitions",
+        "1",
+        "-q",
+    ]
     reports = {}
     for impl, pure in (("compiled", False), ("pure", True)):
         path = tmp_path / f"{impl}.json"
@@ -161,12 +197,44 @@ def test_compiled_and_pure_give_the_same_run(tmp_path: Path) -> None:
 
 def test_cli_passing_run_exits_zero_with_the_report_keys(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
-    proc = _cli(["--nodes", "12", "--duration", "40", "--seed", "2", "--loss", "0", "--churn", "0", "--json", str(path)])
+    proc = _cli(
+        [
+            "--nodes",
+            "12",
+            "--duration",
+            "40",
+            "--seed",
+            "2",
+            "--loss",
+            "0",
+            "--churn",
+            "0",
+            "--json",
+            str(path),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(path.read_text())
-    for key in ("seed", "nodes", "invariants", "convergence_seconds", "messages", "datagrams", "per_node", "state_maxima", "wall", "implementation"):
+    for key in (
+        "seed",
+        "nodes",
+        "invariants",
+        "convergence_seconds",
+        "messages",
+        "datagrams",
+        "per_node",
+        "state_maxima",
+        "wall",
+        "implementation",
+    ):
         assert key in report
-    for name in ("exactly_once", "no_phantom_delivery", "state_bounds", "amplification", "convergence"):
+    for name in (
+        "exactly_once",
+        "no_phantom_delivery",
+        "state_bounds",
+        "amplification",
+        "convergence",
+    ):
         verdict = report["invariants"][name]
         assert verdict["held"] is True and isinstance(verdict["detail"], str)
     for key in ("sent", "delivered", "duplicates", "lost"):
@@ -177,7 +245,22 @@ def test_cli_passing_run_exits_zero_with_the_report_keys(tmp_path: Path) -> None
 
 
 def test_cli_failing_run_prints_seed_and_a_replay_that_reproduces_it(tmp_path: Path) -> None:
-    proc = _cli(["--nodes", "12", "--duration", "40", "--seed", "4", "--hostile", "1", "--hostile-kinds", "spoofer", "--json", str(tmp_path / "a.json")])
+    proc = _cli(
+        [
+            "--nodes",
+            "12",
+            "--duration",
+            "40",
+            "--seed",
+            "4",
+            "--hostile",
+            "1",
+            "--hostile-kinds",
+            "spoofer",
+            "--json",
+            str(tmp_path / "a.json"),
+        ]
+    )
     assert proc.returncode == 1
     assert "invariant amplification failed" in proc.stderr
     line = next(ln for ln in proc.stderr.splitlines() if "replay with:" in ln)
@@ -249,7 +332,14 @@ def test_network_forging_a_second_copy_the_engine_cannot_filter_is_caught() -> N
         if msg.type != T_DATA or msg.sequence_number is None:
             return []
         forged.append(msg.id)
-        copy = codec.encode(T_DATA, msg.payload, tick // 10_000, id=msg.id, sequence_number=msg.sequence_number + 500, requires_ack=True)
+        copy = codec.encode(
+            T_DATA,
+            msg.payload,
+            tick // 10_000,
+            id=msg.id,
+            sequence_number=msg.sequence_number + 500,
+            requires_ack=True,
+        )
         return [(copy, dst)]
 
     sim.network.tamper = tamper
@@ -303,10 +393,11 @@ def test_amplification_and_state_bound_checkers_fail_when_they_should() -> None:
         send_window = 2
 
     class FakeNode:
-        config = FakeConfig()
-        peers_by_id = {"a": FakePeer(), "b": FakePeer(), "c": FakePeer()}
-        routes: list[int] = []
-        route_ids: list[int] = []
+        def __init__(self) -> None:
+            self.config = FakeConfig()
+            self.peers_by_id = {"a": FakePeer(), "b": FakePeer(), "c": FakePeer()}
+            self.routes: list[int] = []
+            self.route_ids: list[int] = []
 
     bounds = StateBounds()
     bounds.sample(0, FakeNode(), 1.0)
@@ -322,7 +413,9 @@ def test_amplification_and_state_bound_checkers_fail_when_they_should() -> None:
 def test_nat_boxes_filter_as_their_kind_says() -> None:
     inside = ("127.0.0.5", 9000)
     a, b = ("127.0.0.1", 9000), ("127.0.0.2", 9000)
-    eim, adf, sym = (NatBox(kind, "127.128.0.5", None, timeout=100) for kind in ("eim", "adf", "sym"))
+    eim, adf, sym = (
+        NatBox(kind, "127.128.0.5", None, timeout=100) for kind in ("eim", "adf", "sym")
+    )
     for box in (eim, adf, sym):
         public = box.outbound(inside, a, 0)
         assert box.inbound(a, public[1], 1) == inside  # the reply always gets in
@@ -378,8 +471,12 @@ def test_churn_restarts_nodes_and_they_rejoin() -> None:
 @pytest.mark.parametrize(
     "scenario",
     [
-        Scenario(nodes=30, duration=120, seed=5, loss=0.2, duplicate=0.1, reorder=0.1),  # one-sided eviction
-        Scenario(nodes=50, duration=120, seed=3, loss=0.05, churn=5),  # restart with the same node id
+        Scenario(
+            nodes=30, duration=120, seed=5, loss=0.2, duplicate=0.1, reorder=0.1
+        ),  # one-sided eviction
+        Scenario(
+            nodes=50, duration=120, seed=3, loss=0.05, churn=5
+        ),  # restart with the same node id
         # The mirror image: the receiver dropped the sender alone and shook hands again, so the
         # sender's retransmission of an already delivered message is delivered a second time.
         Scenario(
@@ -408,7 +505,9 @@ def test_stale_session_defect(scenario: Scenario) -> None:
     "list broadcasts and pings, and its address is spread to every peer, who send it handshakes",
 )
 def test_spoofed_handshakes_stay_within_three_times() -> None:
-    report = simulate(Scenario(nodes=13, duration=60, seed=1, hostile=1, hostile_kinds=("spoofer",)))
+    report = simulate(
+        Scenario(nodes=13, duration=60, seed=1, hostile=1, hostile_kinds=("spoofer",))
+    )
     assert report["invariants"]["amplification"]["held"], report["invariants"]["amplification"]
 
 

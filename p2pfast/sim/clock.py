@@ -8,6 +8,7 @@ which they were scheduled. The engine still sees seconds (``tick / TICKS_PER_SEC
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from typing import Any
 
@@ -35,20 +36,23 @@ def to_seconds(tick: int) -> float:
 class EventQueue:
     """A heap of ``(tick, seq, kind, a, b, c, d)`` tuples; ``seq`` breaks ties in FIFO order."""
 
-    __slots__ = ("heap", "seq", "now")
+    __slots__ = ("counter", "heap", "now")
 
     def __init__(self) -> None:
         self.heap: list[tuple[Any, ...]] = []
-        self.seq = 0
+        #: Sequence numbers; the network's hot path draws from it directly.
+        self.counter = itertools.count(1)
         self.now = 0  # the tick being processed
 
     def __len__(self) -> int:
         return len(self.heap)
 
-    def push(self, tick: int, kind: int, a: Any = None, b: Any = None, c: Any = None, d: Any = None) -> None:
+    def push(
+        self, tick: int, kind: int, a: Any = None, b: Any = None, c: Any = None, d: Any = None
+    ) -> None:
         """Schedule an event; a tick in the past runs at the current tick."""
-        self.seq += 1
-        heapq.heappush(self.heap, (tick if tick > self.now else self.now, self.seq, kind, a, b, c, d))
+        when = tick if tick > self.now else self.now
+        heapq.heappush(self.heap, (when, next(self.counter), kind, a, b, c, d))
 
     def peek_tick(self) -> int | None:
         return self.heap[0][0] if self.heap else None

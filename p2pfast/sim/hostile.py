@@ -72,7 +72,9 @@ class Hostile:
                 return host
         return None
 
-    def _inject(self, sim: Simulation, victim: Host, data: bytes, src: tuple, tick: int) -> None:
+    def _inject(
+        self, sim: Simulation, victim: Host, data: bytes, src: tuple[str, int], tick: int
+    ) -> None:
         self.sent += 1
         self.sent_bytes += len(data)
         delay = self.host.access + victim.access
@@ -90,11 +92,15 @@ class Flooder(Hostile):
         if choice == 0:
             data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300)))
         elif choice == 1:
-            data = codec.encode(T_DATA, {"junk": "x" * rng.randrange(1, 500)}, ts, id=seeded_uuid(rng))
+            data = codec.encode(
+                T_DATA, {"junk": "x" * rng.randrange(1, 500)}, ts, id=seeded_uuid(rng)
+            )
         elif choice == 2:
             data = codec.encode_raw(T_PING, b"null", ts, seeded_uuid(rng), None, None, False, None)
         elif choice == 3:
-            data = codec.encode_raw(T_DISCOVERY_REQUEST, b"null", ts, seeded_uuid(rng), None, None, False, None)
+            data = codec.encode_raw(
+                T_DISCOVERY_REQUEST, b"null", ts, seeded_uuid(rng), None, None, False, None
+            )
         else:
             data = b'{"id":"' + b"z" * 2000 + b'"}'
         self._inject(sim, victim, data, self.host.addr, tick)
@@ -126,7 +132,9 @@ class Spoofer(Hostile):
         elif choice == 1:
             data = codec.encode_raw(T_PING, b"null", ts, seeded_uuid(rng), None, None, False, None)
         else:
-            data = codec.encode_raw(T_DISCOVERY_REQUEST, b"null", ts, seeded_uuid(rng), None, None, False, None)
+            data = codec.encode_raw(
+                T_DISCOVERY_REQUEST, b"null", ts, seeded_uuid(rng), None, None, False, None
+            )
         self._inject(sim, victim, data, src, tick)
 
 

@@ -5,7 +5,7 @@
   unique tag, and the delivery must match the tag's sender, receiver and message id).
 - :class:`StateBounds`: peers, routes, route-id cache and in-flight windows stay within the
   configured bounds, sampled on a fixed virtual-time schedule.
-- :func:`amplification`: bytes a node sends to an address no host ever held stay within 3×
+- :func:`amplification`: bytes a node sends to an address no host ever held stay within 3x
   the bytes it received from that address.
 - :class:`Convergence`: the virtual time until every live node can reach every other one.
 """
@@ -50,24 +50,33 @@ class Verdict:
 
 class SentMessage:
     __slots__ = (
-        "tag",
-        "src",
+        "acked",
+        "deliveries",
         "dst",
-        "src_inc",
         "dst_inc",
+        "epoch",
+        "failed",
         "handle",
         "routed",
-        "tick",
-        "epoch",
-        "acked",
-        "failed",
-        "deliveries",
-        "stale",
         "session",
+        "src",
+        "src_inc",
+        "stale",
+        "tag",
+        "tick",
     )
 
     def __init__(
-        self, tag: int, src: int, dst: int, src_inc: int, dst_inc: int, handle: str, routed: bool, tick: int, epoch: int
+        self,
+        tag: int,
+        src: int,
+        dst: int,
+        src_inc: int,
+        dst_inc: int,
+        handle: str,
+        routed: bool,
+        tick: int,
+        epoch: int,
     ) -> None:
         self.tag = tag
         self.src = src
@@ -145,18 +154,26 @@ class MessageLedger:
             msg.failed = reason
 
     def delivered(
-        self, receiver: int, incarnation: int, source_index: int | None, payload: Any, message_id: str, tick: int
+        self,
+        receiver: int,
+        incarnation: int,
+        source_index: int | None,
+        payload: Any,
+        message_id: str,
+        tick: int,
     ) -> None:
         """A DataReceived at ``receiver``; ``source_index`` is the host of the claimed source."""
         tag = payload.get("tag") if type(payload) is dict else None
         msg = self.by_tag.get(tag) if type(tag) is int else None
         if msg is None:
-            self.phantoms.fail(f"host {receiver} received {str(payload)[:60]!r}, never sent, at {to_seconds(tick):.4f}s")
+            text = str(payload)[:60]
+            when = to_seconds(tick)
+            self.phantoms.fail(f"host {receiver} got {text!r}, never sent, at {when:.4f}s")
             return
         if msg.dst != receiver or msg.src != source_index or msg.handle != message_id:
             self.phantoms.fail(
-                f"tag {tag} sent {msg.src}->{msg.dst} (id {msg.handle}) delivered at host {receiver} "
-                f"from host {source_index} with id {message_id}"
+                f"tag {tag} sent {msg.src}->{msg.dst} (id {msg.handle}) delivered at host "
+                f"{receiver} from host {source_index} with id {message_id}"
             )
             return
         count = msg.deliveries.get(incarnation, 0) + 1
@@ -170,8 +187,9 @@ class MessageLedger:
             self.duplicates += 1
             reopened = session != msg.session
             self.duplicates_across_sessions += reopened
+            when = to_seconds(tick)
             self.exactly_once.fail(
-                f"tag {tag} ({msg.src}->{msg.dst}) delivered {count} times at {to_seconds(tick):.4f}s"
+                f"tag {tag} ({msg.src}->{msg.dst}) delivered {count} times at {when:.4f}s"
                 + (" (the receiver had re-opened its session with the sender)" if reopened else "")
             )
 
@@ -229,7 +247,13 @@ class StateBounds:
 
     def __init__(self) -> None:
         self.verdict = Verdict()
-        self.maxima = {"peers": 0, "routes": 0, "route_cache": 0, "in_flight": 0, "in_flight_per_peer": 0}
+        self.maxima = {
+            "peers": 0,
+            "routes": 0,
+            "route_cache": 0,
+            "in_flight": 0,
+            "in_flight_per_peer": 0,
+        }
 
     def sample(self, index: int, node: Any, now: float) -> None:
         config = node.config
@@ -262,10 +286,12 @@ class StateBounds:
             ("in-flight per peer", per_peer, config.send_window),
         ):
             if value > bound:
-                self.verdict.fail(f"host {index} holds {value} {name} > bound {bound} at {now:.4f}s")
+                self.verdict.fail(
+                    f"host {index} holds {value} {name} > bound {bound} at {now:.4f}s"
+                )
 
 
-def amplification(unproven: dict[tuple[int, tuple], list[int]], honest: int) -> Verdict:
+def amplification(unproven: dict[tuple[int, tuple[str, int]], list[int]], honest: int) -> Verdict:
     """Bytes each honest host sent to a never-bound address vs bytes it received from it."""
     verdict = Verdict()
     worst = 0.0

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+#: A UDP address as the engine sees it.
+Addr = tuple[str, int]
+
 #: First public port a NAT box hands out.
 FIRST_PORT = 20_000
 
 
 class Mapping:
-    __slots__ = ("public_port", "inside", "remote", "allowed", "last_out")
+    __slots__ = ("allowed", "inside", "last_out", "public_port", "remote")
 
-    def __init__(self, public_port: int, inside: tuple, remote: tuple | None, last_out: int) -> None:
+    def __init__(self, public_port: int, inside: Addr, remote: Addr | None, last_out: int) -> None:
         self.public_port = public_port
         self.inside = inside
         self.remote = remote  # the one destination of a symmetric mapping
@@ -29,7 +32,16 @@ class Mapping:
 class NatBox:
     """Translates one inside host's datagrams; ``host`` is the inside host's record."""
 
-    __slots__ = ("kind", "public_ip", "host", "timeout", "_by_key", "_by_port", "_next_port", "dropped")
+    __slots__ = (
+        "_by_key",
+        "_by_port",
+        "_next_port",
+        "dropped",
+        "host",
+        "kind",
+        "public_ip",
+        "timeout",
+    )
 
     def __init__(self, kind: str, public_ip: str, host: Any, timeout: int) -> None:
         if kind not in ("eim", "adf", "sym"):
@@ -46,7 +58,7 @@ class NatBox:
     def __len__(self) -> int:
         return len(self._by_port)
 
-    def outbound(self, inside: tuple, dst: tuple, tick: int) -> tuple[str, int]:
+    def outbound(self, inside: Addr, dst: Addr, tick: int) -> tuple[str, int]:
         """The public source address of a datagram from ``inside`` to ``dst``."""
         key: Any = (inside, dst) if self.kind == "sym" else inside
         mapping = self._by_key.get(key)
@@ -67,18 +79,22 @@ class NatBox:
             mapping.allowed.add(dst[0])
         return self.public_ip, mapping.public_port
 
-    def inbound(self, src: tuple, public_port: int, tick: int) -> tuple | None:
+    def inbound(self, src: Addr, public_port: int, tick: int) -> Addr | None:
         """The inside address a datagram from ``src`` to ``public_port`` reaches, or None."""
         mapping = self._by_port.get(public_port)
         if mapping is None:
             self.dropped += 1
             return None
         if tick - mapping.last_out > self.timeout:
-            self._forget((mapping.inside, mapping.remote) if self.kind == "sym" else mapping.inside, mapping)
+            self._forget(
+                (mapping.inside, mapping.remote) if self.kind == "sym" else mapping.inside, mapping
+            )
             self.dropped += 1
             return None
         kind = self.kind
-        if (kind == "adf" and src[0] not in mapping.allowed) or (kind == "sym" and src != mapping.remote):
+        if (kind == "adf" and src[0] not in mapping.allowed) or (
+            kind == "sym" and src != mapping.remote
+        ):
             self.dropped += 1
             return None
         return mapping.inside

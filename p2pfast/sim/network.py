@@ -8,13 +8,14 @@ datagrams are sent, so a run is reproducible from its seed.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import zlib
 from typing import Any
 
 from .clock import DELIVER, TICKS_PER_SECOND, EventQueue
-from .nat import NatBox
+from .nat import Addr, NatBox
 
 _DIGEST_MOD = (1 << 61) - 1
 #: The UDP port every simulated node listens on.
@@ -25,26 +26,26 @@ class Host:
     """One simulated machine as the network sees it (the simulator adds the engine)."""
 
     __slots__ = (
+        "access",
+        "addr",
+        "fired_tick",
+        "hostile",
+        "incarnation",
         "index",
         "ip",
-        "addr",
-        "access",
-        "side",
-        "nat",
-        "uplink_free",
-        "up",
-        "node",
-        "role",
-        "node_id",
-        "incarnation",
-        "timer_tick",
-        "fired_tick",
         "joined_at",
-        "tx_dgrams",
-        "tx_bytes",
-        "rx_dgrams",
+        "nat",
+        "node",
+        "node_id",
+        "role",
         "rx_bytes",
-        "hostile",
+        "rx_dgrams",
+        "side",
+        "timer_tick",
+        "tx_bytes",
+        "tx_dgrams",
+        "up",
+        "uplink_free",
     )
 
     def __init__(self, index: int, ip: str, access: int, role: str) -> None:
@@ -110,7 +111,7 @@ class Network:
         }
         #: (sender index, address) → [bytes sent to it, bytes received from it], for addresses
         #: no host ever held (spoofed sources, invented peer-list entries).
-        self.unproven: dict[tuple[int, tuple], list[int]] = {}
+        self.unproven: dict[tuple[int, Addr], list[int]] = {}
         #: A running digest of every delivery (tick, receiver, size; content too when
         #: ``digest_content``): two runs agree on it only if they agree datagram by datagram.
         self.digest = 0
@@ -125,7 +126,7 @@ class Network:
             raise ValueError(f"address {ip} already in use")
         self.endpoints[ip] = endpoint
 
-    def send(self, host: Host, data: bytes, dst: tuple, tick: int) -> None:
+    def send(self, host: Host, data: bytes, dst: Addr, tick: int) -> None:
         """``host`` sends ``data`` to ``dst`` at ``tick``: queue, lose, partition or schedule it."""
         size = len(data)
         self.sent += 1
@@ -163,17 +164,26 @@ class Network:
         delay = base + rng.random() * self.jitter * base
         if self.reorder and rng.random() < self.reorder:
             delay += rng.random() * 2 * base
-        self.queue.push(math.ceil(depart + delay), DELIVER, target, data, src, dst)
+        # Always in the future (latency >= 2 ticks): straight onto the heap.
+        heapq.heappush(
+            self.queue.heap,
+            (math.ceil(depart + delay), next(self.queue.counter), DELIVER, target, data, src, dst),
+        )
         if self.duplicate and rng.random() < self.duplicate:
             self.duplicated += 1
             again = base + rng.random() * (self.jitter + 1.0) * base
             self.queue.push(math.ceil(depart + again), DELIVER, target, data, src, dst)
         if self.tamper is not None:
             for extra, extra_dst in self.tamper(host, data, dst, tick):
-                self.queue.push(math.ceil(depart + delay) + 1, DELIVER, target, extra, src, extra_dst)
+                self.queue.push(
+                    math.ceil(depart + delay) + 1, DELIVER, target, extra, src, extra_dst
+                )
 
-    def arrive(self, target: Host | NatBox, data: bytes, src: tuple, dst: tuple, tick: int) -> Host | None:
+    def arrive(
+        self, target: Host | NatBox, data: bytes, src: Addr, dst: Addr, tick: int
+    ) -> Host | None:
         """The host a datagram reaches (after NAT filtering), or None if it is dropped."""
+        host: Host
         if isinstance(target, NatBox):
             inside = target.inbound(src, dst[1], tick)
             if inside is None:
@@ -182,7 +192,7 @@ class Network:
             host = target.host
         else:
             host = target
-            if dst[1] != NODE_PORT:
+            if dst[1] != NODE_PORT:  # nobody listens there
                 self.dropped["unroutable"] += 1
                 return None
         if not host.up:
@@ -205,7 +215,9 @@ class Network:
                 record[1] += size
         return host
 
-    def inject(self, target_ip: str, data: bytes, src: tuple, dst: tuple, tick: int, delay: int) -> None:
+    def inject(
+        self, target_ip: str, data: bytes, src: Addr, dst: Addr, tick: int, delay: int
+    ) -> None:
         """A datagram with a forged source (hostile senders): no uplink, loss still applies."""
         target = self.endpoints.get(target_ip)
         self.sent += 1

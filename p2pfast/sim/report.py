@@ -36,7 +36,7 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
     net = sim.network
     honest = sim.honest_hosts
     incarnations = [h.incarnation for h in sim.hosts]
-    messages = sim.ledger.finish(incarnations, s.replay_command())
+    messages: dict[str, Any] = dict(sim.ledger.finish(incarnations, s.replay_command()))
     routed = messages["routed_sent"] + messages["no_route"]
     messages["routed_success"] = round(messages["routed_delivered"] / routed, 4) if routed else None
 
@@ -123,7 +123,9 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     wall: dict[str, Any] = {
         "seconds": round(wall_seconds, 3),
-        "virtual_seconds_per_wall_second": round(s.duration / wall_seconds, 2) if wall_seconds else None,
+        "virtual_seconds_per_wall_second": round(s.duration / wall_seconds, 2)
+        if wall_seconds
+        else None,
         "datagrams_per_wall_second": round(net.sent / wall_seconds) if wall_seconds else None,
         "rss_peak_mib": round(rss_kib / 1024 if sys.platform != "darwin" else rss_kib / 2**20, 1),
         "ticks_per_second": TICKS_PER_SECOND,

@@ -110,7 +110,11 @@ class Scenario:
             if not ok:
                 raise ScenarioError(reason, message)
 
-        check(type(self.nodes) is int and 2 <= self.nodes <= 1_000_000, "nodes", "--nodes: expected 2..1000000")
+        check(
+            type(self.nodes) is int and 2 <= self.nodes <= 1_000_000,
+            "nodes",
+            "--nodes: expected 2..1000000",
+        )
         check(self.duration > 0, "duration", "--duration: expected seconds > 0")
         check(type(self.seed) is int and self.seed >= 0, "seed", "--seed: expected an integer >= 0")
         for name in ("loss", "duplicate", "reorder"):
@@ -123,10 +127,22 @@ class Scenario:
             "hostile_kinds",
             f"hostile kinds must be among {', '.join(HOSTILE_KINDS)}",
         )
-        check(1 <= self.bootstraps <= max(1, self.nodes - self.hostile), "bootstraps", "--bootstraps: 1..honest nodes")
-        check(self.partitions >= 0 and self.partition_seconds > 0, "partitions", "--partitions: expected >= 0")
+        check(
+            1 <= self.bootstraps <= max(1, self.nodes - self.hostile),
+            "bootstraps",
+            "--bootstraps: 1..honest nodes",
+        )
+        check(
+            self.partitions >= 0 and self.partition_seconds > 0,
+            "partitions",
+            "--partitions: expected >= 0",
+        )
         check(self.rate >= 0, "rate", "--rate: expected messages per node per second >= 0")
-        check(self.bandwidth > 0 and self.queue_bytes > 0, "bandwidth", "bandwidth and queue must be > 0")
+        check(
+            self.bandwidth > 0 and self.queue_bytes > 0,
+            "bandwidth",
+            "bandwidth and queue must be > 0",
+        )
         check(set(self.nat) <= set(NAT_KINDS) and sum(self.nat.values()) > 0, "nat", "bad NAT mix")
 
     @property
@@ -153,7 +169,13 @@ class Scenario:
             if value != getattr(default, name):
                 if isinstance(value, tuple):
                     value = ",".join(str(v) for v in value)
-                text = value if isinstance(value, str) else str(value) if isinstance(value, int) else f"{value:g}"
+                text = (
+                    value
+                    if isinstance(value, str)
+                    else str(value)
+                    if isinstance(value, int)
+                    else f"{value:g}"
+                )
                 args += [flag, text]
         return shlex.join(args)
 

@@ -16,7 +16,8 @@ import logging
 import random
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from ..errors import SendError, WindowFull
@@ -24,7 +25,7 @@ from ..events import DataReceived, PeerConnected, PeerDisconnected, SendComplete
 from ..node import Node
 from .clock import ACTION, DELIVER, TICKS_PER_SECOND, TIMER, EventQueue, to_seconds, to_ticks
 from .hostile import HOSTILE_CLASSES, Hostile, Liar
-from .invariants import Convergence, MessageLedger, SentMessage, StateBounds, amplification
+from .invariants import Convergence, MessageLedger, SentMessage, StateBounds
 from .nat import NatBox
 from .network import NODE_PORT, Host, Network, host_ip
 from .scenario import NAT_KINDS, Scenario
@@ -152,12 +153,18 @@ class Simulation:
             if host.role == "bootstrap":
                 self.at(0.0, self._start, host)
             elif host.role in ("node", "liar"):
-                self.at(rng.uniform(0.1, max(0.1, min(s.join_spread, s.duration / 2))), self._start, host)
+                self.at(
+                    rng.uniform(0.1, max(0.1, min(s.join_spread, s.duration / 2))),
+                    self._start,
+                    host,
+                )
         for hostile in self.hostiles:
             if not isinstance(hostile, Liar):
                 self.at(rng.uniform(1.0, max(1.0, s.duration / 4)), self._hostile_act, hostile)
             else:
-                self.at(min(s.duration, s.join_spread + hostile.interval), self._hostile_act, hostile)
+                self.at(
+                    min(s.duration, s.join_spread + hostile.interval), self._hostile_act, hostile
+                )
         if s.rate > 0 and s.honest > 1:
             self.at(self.workload_rng.expovariate(s.rate * s.honest), self._workload)
         if s.churn > 0 and s.honest > s.bootstraps:
@@ -282,7 +289,9 @@ class Simulation:
         tag = ledger.new_tag()
         routed = target.node_id not in node.peers_by_id
         try:
-            handle = node.send_data(target.node_id, {"tag": tag}, tick / TICKS_PER_SECOND, reliable=True)
+            handle = node.send_data(
+                target.node_id, {"tag": tag}, tick / TICKS_PER_SECOND, reliable=True
+            )
         except WindowFull:
             ledger.window_full += 1
             return
@@ -454,16 +463,16 @@ class Simulation:
             cur = queue.now = event[0]
             kind = event[2]
             if kind == DELIVER:
-                host = arrive(event[3], event[4], event[5], event[6], cur)
-                if host is not None:
+                reached = arrive(event[3], event[4], event[5], event[6], cur)
+                if reached is not None:
                     if profile:
                         t0 = clock()
-                        host.node.receive_datagram(event[4], event[5], cur / tps)
+                        reached.node.receive_datagram(event[4], event[5], cur / tps)
                         self.engine_seconds += clock() - t0
                         self.engine_calls += 1
                     else:
-                        host.node.receive_datagram(event[4], event[5], cur / tps)
-                    dirty[host] = None
+                        reached.node.receive_datagram(event[4], event[5], cur / tps)
+                    dirty[reached] = None
             elif kind == TIMER:
                 host = event[3]
                 if host.up and host.incarnation == event[4] and host.timer_tick == cur:
@@ -482,5 +491,5 @@ class Simulation:
         queue.now = max(cur, end)
 
 
-def _destination(item: tuple[bytes, tuple]) -> tuple:
+def _destination(item: tuple[bytes, tuple[str, int]]) -> tuple[str, int]:
     return item[1]

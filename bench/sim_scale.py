@@ -1,0 +1,172 @@
+"""The scale study behind docs/scale.md: run ``p2pfast-sim`` over a matrix of network sizes,
+loss, churn and NAT mixes, one process per run (so each run's peak RSS is its own), each
+bounded by a timeout, and summarise the JSON reports as a Markdown table.
+
+    python bench/sim_scale.py run --out /tmp/scale [--sizes 100,1000,10000] [--timeout 1800]
+    python bench/sim_scale.py table --out /tmp/scale > table.md
+    python bench/sim_scale.py plot --out /tmp/scale --png docs/scale.png   # needs matplotlib
+
+matplotlib is not a dependency of p2pfast: install it ad hoc for the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+#: (label, extra flags). Churn 0.1 = 10 % of nodes restarting per hour.
+VARIANTS: list[tuple[str, list[str]]] = [
+    ("base", ["--loss", "0", "--churn", "0"]),
+    ("loss 5%", ["--loss", "0.05", "--churn", "0"]),
+    ("churn 10%/h", ["--loss", "0", "--churn", "0.1"]),
+    ("NAT mix", ["--loss", "0", "--churn", "0", "--nat", "realistic"]),
+    ("loss+churn+NAT", ["--loss", "0.05", "--churn", "0.1", "--nat", "realistic"]),
+]
+#: Virtual seconds per size (10,000 nodes: a shorter run, see docs/scale.md).
+DURATION = {100: 600, 1000: 600, 10000: 60}
+#: Variants run at 10,000 nodes (each takes minutes).
+BIG_VARIANTS = ("base", "loss+churn+NAT")
+
+
+def _name(nodes: int, label: str) -> str:
+    return f"n{nodes}_{label.replace(' ', '_').replace('%', 'pct').replace('/', '_').replace('+', '_')}"
+
+
+def run(out: Path, sizes: list[int], timeout: float, seed: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for nodes in sizes:
+        for label, flags in VARIANTS:
+            if nodes >= 10000 and label not in BIG_VARIANTS:
+                continue
+            name = _name(nodes, label)
+            target = out / f"{name}.json"
+            if target.exists():
+                continue
+            cmd = [sys.executable, "-m", "p2pfast.sim", "--nodes", str(nodes)]
+            cmd += ["--duration", str(DURATION.get(nodes, 600)), "--seed", str(seed), *flags]
+            cmd += ["--profile", "--quiet", "--json", str(target)]
+            started = time.monotonic()
+            try:
+                proc = subprocess.run(
+                    cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+                )
+                status = f"exit {proc.returncode}"
+            except subprocess.TimeoutExpired:
+                status = f"timeout after {timeout:.0f}s"
+            print(f"{name}: {status} in {time.monotonic() - started:.0f}s", flush=True)
+
+
+def _load(out: Path) -> list[tuple[int, str, dict[str, Any]]]:
+    rows = []
+    for nodes in sorted(DURATION):
+        for label, _flags in VARIANTS:
+            path = out / f"{_name(nodes, label)}.json"
+            if path.exists():
+                rows.append((nodes, label, json.loads(path.read_text())))
+    return rows
+
+
+def table(out: Path) -> str:
+    lines = [
+        "| nodes | network | virtual s | wall s | converged at (s) | reachable pairs at end | datagrams / node / min | KiB / node / min | peak RSS / node (KiB) | max peers | max routes | delivered (direct + routed) | routed success | exactly-once | sim µs / dgram | engine µs / dgram |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for nodes, label, r in _load(out):
+        m = r["messages"]
+        wall = r["wall"]
+        attempted = m["sent"] + m["no_route"] + m["window_full"]
+        conv = r["convergence_seconds"]
+        rss_node = max(0.0, (wall["rss_peak_mib"] - 20.0) * 1024 / nodes)
+        routed = m["routed_success"]
+        once = r["invariants"]["exactly_once"]
+        once_text = "held" if once["held"] else f"{m['lost']} lost, {m['duplicates']} dup"
+        lines.append(
+            f"| {nodes:,} | {label} | {r['duration']:g} | {wall['seconds']:.0f} | "
+            f"{'%.0f' % conv if conv is not None else 'never'} | {r['reachable_pairs_final']:.3f} | "
+            f"{r['datagrams']['per_node_per_minute']:.0f} | {r['datagrams']['bytes_per_node_per_minute'] / 1024:.0f} | "
+            f"{rss_node:.0f} | {r['state_maxima']['peers']} | {r['state_maxima']['routes']} | "
+            f"{m['delivered'] / attempted if attempted else 0:.3f} | "
+            f"{'%.3f' % routed if routed is not None else '—'} | {once_text} | "
+            f"{wall.get('simulator_us_per_datagram', 0):.1f} | {wall.get('engine_us_per_datagram', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(out: Path, png: Path) -> None:
+    import matplotlib  # optional, installed ad hoc
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _load(out)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for label, _flags in VARIANTS:
+        pts = [(n, r) for n, lab, r in rows if lab == label]
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        axes[0].plot(xs, [r["reachable_pairs_final"] for _, r in pts], marker="o", label=label)
+        axes[1].plot(
+            xs,
+            [r["datagrams"]["bytes_per_node_per_minute"] / 1024 for _, r in pts],
+            marker="o",
+            label=label,
+        )
+        axes[2].plot(
+            xs,
+            [
+                r["messages"]["delivered"]
+                / max(1, r["messages"]["sent"] + r["messages"]["no_route"])
+                for _, r in pts
+            ],
+            marker="o",
+            label=label,
+        )
+    titles = (
+        "pairs of live nodes that can reach each other",
+        "KiB sent per node per minute",
+        "messages delivered / attempted",
+    )
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_xlabel("nodes")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "p2pfast under p2pfast-sim: discovery and cost vs network size (max_connections 100)"
+    )
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["run", "table", "plot"])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/p2pfast-scale"))
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "scale.png")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.out, [int(n) for n in args.sizes.split(",")], args.timeout, args.seed)
+    elif args.command == "table":
+        print(table(args.out))
+    else:
+        plot(args.out, args.png)
+
+
+if __name__ == "__main__":
+    main()
