@@ -471,28 +471,12 @@ def test_churn_restarts_nodes_and_they_rejoin() -> None:
 @pytest.mark.parametrize(
     "scenario",
     [
-        Scenario(
-            nodes=30, duration=120, seed=5, loss=0.2, duplicate=0.1, reorder=0.1
-        ),  # one-sided eviction
-        Scenario(
-            nodes=50, duration=120, seed=3, loss=0.05, churn=5
-        ),  # restart with the same node id
-        # The mirror image: the receiver dropped the sender alone and shook hands again, so the
-        # sender's retransmission of an already delivered message is delivered a second time.
-        Scenario(
-            nodes=19,
-            duration=64.7,
-            seed=30721857,
-            loss=0.1,
-            duplicate=0.05,
-            churn=20.0,
-            nat={"open": 0.5, "adf": 0.5},
-            partitions=2,
-            bootstraps=2,
-            rate=1.0,
-        ),
+        # One-sided eviction: 16 dropped 24 alone, then the two shook hands again.
+        Scenario(nodes=30, duration=120, seed=17, loss=0.2, duplicate=0.1, reorder=0.1),
+        # A node restarted with the same node id (its config's) while its peers kept its session.
+        Scenario(nodes=30, duration=120, seed=4, loss=0.05, churn=20),
     ],
-    ids=["one-sided-eviction", "restart-same-id", "duplicate-after-one-sided-eviction"],
+    ids=["one-sided-eviction", "restart-same-id"],
 )
 def test_stale_session_defect(scenario: Scenario) -> None:
     report = simulate(scenario)
