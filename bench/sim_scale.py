@@ -36,7 +36,9 @@ BIG_VARIANTS = ("base", "loss+churn+NAT")
 
 
 def _name(nodes: int, label: str) -> str:
-    return f"n{nodes}_{label.replace(' ', '_').replace('%', 'pct').replace('/', '_').replace('+', '_')}"
+    for old, new in ((" ", "_"), ("%", "pct"), ("/", "_"), ("+", "_")):
+        label = label.replace(old, new)
+    return f"n{nodes}_{label}"
 
 
 def run(out: Path, sizes: list[int], timeout: float, seed: int) -> None:
@@ -74,29 +76,60 @@ def _load(out: Path) -> list[tuple[int, str, dict[str, Any]]]:
     return rows
 
 
-def table(out: Path) -> str:
-    lines = [
-        "| nodes | network | virtual s | wall s | converged at (s) | reachable pairs at end | datagrams / node / min | KiB / node / min | peak RSS / node (KiB) | max peers | max routes | delivered (direct + routed) | routed success | exactly-once | sim µs / dgram | engine µs / dgram |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+#: Table columns, in order.
+COLUMNS = (
+    "nodes",
+    "network",
+    "virtual s",
+    "wall s",
+    "converged at (s)",
+    "reachable pairs at end",
+    "datagrams / node / min",
+    "KiB / node / min",
+    "peak RSS / node (KiB)",
+    "max peers",
+    "max routes",
+    "delivered / attempted",
+    "routed success",
+    "exactly-once",
+    "sim µs / dgram",
+    "engine µs / dgram",
+)
+
+
+def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
+    m = r["messages"]
+    wall = r["wall"]
+    attempted = m["sent"] + m["no_route"] + m["window_full"]
+    conv = r["convergence_seconds"]
+    rss_node = max(0.0, (wall["rss_peak_mib"] - 20.0) * 1024 / nodes)
+    routed = m["routed_success"]
+    once = r["invariants"]["exactly_once"]
+    dgrams = r["datagrams"]
+    return [
+        f"{nodes:,}",
+        label,
+        f"{r['duration']:g}",
+        f"{wall['seconds']:.0f}",
+        f"{conv:.0f}" if conv is not None else "never",
+        f"{r['reachable_pairs_final']:.3f}",
+        f"{dgrams['per_node_per_minute']:.0f}",
+        f"{dgrams['bytes_per_node_per_minute'] / 1024:.0f}",
+        f"{rss_node:.0f}",
+        str(r["state_maxima"]["peers"]),
+        str(r["state_maxima"]["routes"]),
+        f"{m['delivered'] / attempted if attempted else 0:.3f}",
+        f"{routed:.3f}" if routed is not None else "-",
+        "held" if once["held"] else f"{m['lost']} lost, {m['duplicates']} dup",
+        f"{wall.get('simulator_us_per_datagram', 0):.1f}",
+        f"{wall.get('engine_us_per_datagram', 0):.1f}",
     ]
+
+
+def table(out: Path) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for nodes, label, r in _load(out):
-        m = r["messages"]
-        wall = r["wall"]
-        attempted = m["sent"] + m["no_route"] + m["window_full"]
-        conv = r["convergence_seconds"]
-        rss_node = max(0.0, (wall["rss_peak_mib"] - 20.0) * 1024 / nodes)
-        routed = m["routed_success"]
-        once = r["invariants"]["exactly_once"]
-        once_text = "held" if once["held"] else f"{m['lost']} lost, {m['duplicates']} dup"
-        lines.append(
-            f"| {nodes:,} | {label} | {r['duration']:g} | {wall['seconds']:.0f} | "
-            f"{'%.0f' % conv if conv is not None else 'never'} | {r['reachable_pairs_final']:.3f} | "
-            f"{r['datagrams']['per_node_per_minute']:.0f} | {r['datagrams']['bytes_per_node_per_minute'] / 1024:.0f} | "
-            f"{rss_node:.0f} | {r['state_maxima']['peers']} | {r['state_maxima']['routes']} | "
-            f"{m['delivered'] / attempted if attempted else 0:.3f} | "
-            f"{'%.3f' % routed if routed is not None else '—'} | {once_text} | "
-            f"{wall.get('simulator_us_per_datagram', 0):.1f} | {wall.get('engine_us_per_datagram', 0):.1f} |"
-        )
+        lines.append("| " + " | ".join(_row(nodes, label, r)) + " |")
     return "\n".join(lines)
 
 
@@ -135,7 +168,7 @@ def plot(out: Path, png: Path) -> None:
         "KiB sent per node per minute",
         "messages delivered / attempted",
     )
-    for ax, title in zip(axes, titles):
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("nodes")
         ax.set_title(title, fontsize=10)
