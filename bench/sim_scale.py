@@ -41,12 +41,12 @@ def _name(nodes: int, label: str) -> str:
     return f"n{nodes}_{label}"
 
 
-def run(out: Path, sizes: list[int], timeout: float, seed: int) -> None:
+def run(out: Path, sizes: list[int], timeout: float, seed: int, only: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for nodes in sizes:
         for label, flags in VARIANTS:
-            if nodes >= 10000 and label not in BIG_VARIANTS:
+            if (nodes >= 10000 and label not in BIG_VARIANTS) or (only and label not in only):
                 continue
             name = _name(nodes, label)
             target = out / f"{name}.json"
@@ -68,7 +68,8 @@ def run(out: Path, sizes: list[int], timeout: float, seed: int) -> None:
 
 def _load(out: Path) -> list[tuple[int, str, dict[str, Any]]]:
     rows = []
-    for nodes in sorted(DURATION):
+    sizes = sorted({int(p.name.split("_", 1)[0][1:]) for p in out.glob("n*_*.json")})
+    for nodes in sizes:
         for label, _flags in VARIANTS:
             path = out / f"{_name(nodes, label)}.json"
             if path.exists():
@@ -191,10 +192,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variants", default="", help="comma-separated labels (default: all)")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "scale.png")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.out, [int(n) for n in args.sizes.split(",")], args.timeout, args.seed)
+        only = [v for v in args.variants.split(",") if v]
+        run(args.out, [int(n) for n in args.sizes.split(",")], args.timeout, args.seed, only)
     elif args.command == "table":
         print(table(args.out))
     else:

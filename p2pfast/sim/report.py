@@ -96,6 +96,10 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
             "bytes_received": _summary(rx_bytes),
         },
         "state_maxima": dict(sim.bounds.maxima),
+        "state_final": {
+            "peers": _summary([len(h.node.peers_by_id) for h in honest if h.up and h.node]),
+            "routes": _summary([len(h.node.routes) for h in honest if h.up and h.node]),
+        },
         "events": {
             "connects": sim.connects,
             "disconnects": sim.disconnects,
