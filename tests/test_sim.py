@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from p2pfast._speedups import codec
 from p2pfast.events import DataReceived
 from p2pfast.sim import Scenario, ScenarioError, Simulation, parse_nat_mix, simulate
+from p2pfast.sim.cli import parse_args
 from p2pfast.sim.clock import EventQueue, to_ticks
 from p2pfast.sim.invariants import MessageLedger, SentMessage, StateBounds, amplification
 from p2pfast.sim.nat import NatBox
@@ -96,6 +97,8 @@ def assert_engine_invariants(report: dict[str, Any]) -> None:
 def test_randomized_scenarios_hold_invariants(scenario: Scenario) -> None:
     report = simulate(scenario)
     assert_engine_invariants(report)
+    # The replay command printed on failure describes exactly this scenario.
+    assert parse_args(shlex.split(report["replay"])[1:]) == scenario
     s = scenario
     # An open network without loss, churn or partitions converges: every node reaches every other.
     if s.nat == {"open": 1.0} and not (s.loss or s.churn or s.partitions or s.reorder):
@@ -487,9 +490,7 @@ def test_spoofed_sources_get_at_most_three_times_what_they_sent() -> None:
     """The nodes a spoofer writes to in a forged address's name answer that address with at
     most 3x the bytes it sent (third parties that merely heard of the address are the xfail
     below)."""
-    sim = Simulation(
-        Scenario(nodes=13, duration=60, seed=1, hostile=1, hostile_kinds=("spoofer",))
-    )
+    sim = Simulation(Scenario(nodes=13, duration=60, seed=1, hostile=1, hostile_kinds=("spoofer",)))
     sim.run()
     answered = {key: v for key, v in sim.network.unproven.items() if v[1] > 0}
     assert len(answered) > 20

@@ -168,7 +168,7 @@ class Scenario:
             value = getattr(self, name)
             if value != getattr(default, name):
                 if isinstance(value, tuple):
-                    value = ",".join(str(v) for v in value)
+                    value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
                 text = (
                     value
                     if isinstance(value, str)
@@ -186,8 +186,15 @@ _EXTRA_FLAGS = {
     "duplicate": "--duplicate",
     "reorder": "--reorder",
     "partitions": "--partitions",
+    "partition_seconds": "--partition-seconds",
     "bootstraps": "--bootstraps",
     "rate": "--rate",
+    "join_spread": "--join-spread",
+    "latency_ms": "--latency-ms",
+    "jitter": "--jitter",
+    "bandwidth": "--bandwidth",
+    "queue_bytes": "--queue-bytes",
+    "nat_timeout": "--nat-timeout",
     "max_connections": "--max-connections",
     "bootstrap_connections": "--bootstrap-connections",
     "heartbeat_interval": "--heartbeat",
