@@ -7,7 +7,7 @@ line and exit 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,12 @@ def parse_args(argv: Sequence[str]) -> Scenario:
         return scenario_from_options(ctx.params)
 
 
-def _opt(flag: str, default: Any, text: str, *names: str, **kw: Any) -> Any:
+_Decorated = Callable[..., Any]
+
+
+def _opt(
+    flag: str, default: Any, text: str, *names: str, **kw: Any
+) -> Callable[[_Decorated], _Decorated]:
     return click.option(flag, *names, default=default, show_default=True, help=text, **kw)
 
 
