@@ -88,14 +88,20 @@ COLUMNS = (
     "datagrams / node / min",
     "KiB / node / min",
     "peak RSS / node (KiB)",
-    "max peers",
-    "max routes",
+    "peers per node at end (median / max)",
+    "routes per node at end (median / max)",
     "delivered / attempted",
     "routed success",
     "exactly-once",
     "sim µs / dgram",
     "engine µs / dgram",
 )
+
+
+def _median_max(r: dict[str, Any], key: str) -> str:
+    final = r.get("state_final", {}).get(key)
+    median = f"{final['p50']:.0f}" if final else "-"
+    return f"{median} / {r['state_maxima'][key]}"
 
 
 def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
@@ -117,8 +123,8 @@ def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
         f"{dgrams['per_node_per_minute']:.0f}",
         f"{dgrams['bytes_per_node_per_minute'] / 1024:.0f}",
         f"{rss_node:.0f}",
-        str(r["state_maxima"]["peers"]),
-        str(r["state_maxima"]["routes"]),
+        _median_max(r, "peers"),
+        _median_max(r, "routes"),
         f"{m['delivered'] / attempted if attempted else 0:.3f}",
         f"{routed:.3f}" if routed is not None else "-",
         "held" if once["held"] else f"{m['lost']} lost, {m['duplicates']} dup",

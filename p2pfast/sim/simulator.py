@@ -133,7 +133,6 @@ class Simulation:
         self.connects = 0
         self.disconnects = 0
         self.engine_seconds = 0.0
-        self.engine_calls = 0
         self._dirty: dict[Host, None] = {}
         self._samples = 0
         self.sampling_seconds = 0.0
@@ -471,7 +470,6 @@ class Simulation:
                         t0 = clock()
                         reached.node.receive_datagram(event[4], event[5], cur / tps)
                         self.engine_seconds += clock() - t0
-                        self.engine_calls += 1
                     else:
                         reached.node.receive_datagram(event[4], event[5], cur / tps)
                     dirty[reached] = None
@@ -484,7 +482,6 @@ class Simulation:
                         t0 = clock()
                         host.node.handle_timer(cur / tps)
                         self.engine_seconds += clock() - t0
-                        self.engine_calls += 1
                     else:
                         host.node.handle_timer(cur / tps)
                     dirty[host] = None
