@@ -86,8 +86,14 @@ def assert_engine_invariants(report: dict[str, Any]) -> None:
     m = report["messages"]
     assert m["duplicates"] == m["duplicates_across_sessions"], (inv["exactly_once"], replay)
     assert m["lost"] == m["lost_to_stale_session"], (inv["exactly_once"], replay)
-    if m["lost"] == 0:
+    if m["lost"] == 0 and m["duplicates"] == 0:
         assert inv["exactly_once"]["held"], (inv["exactly_once"], replay)
+    # Known defect (test_routed_send_resolves_once): a routed send already resolved end to end
+    # gets a second outcome when the first hop's own outcome comes in later; nothing else.
+    if not inv["one_outcome_per_send"]["held"]:
+        assert inv["one_outcome_per_send"]["detail"].startswith(
+            f"{m['late_hop_outcomes']} violation(s)"
+        ), (inv["one_outcome_per_send"], replay)
     assert m["sent"] >= m["delivered"]
     assert report["ok"] == all(v["held"] for v in inv.values())
 
@@ -234,6 +240,7 @@ def test_cli_passing_run_exits_zero_with_the_report_keys(tmp_path: Path) -> None
     for name in (
         "exactly_once",
         "no_phantom_delivery",
+        "one_outcome_per_send",
         "state_bounds",
         "amplification",
         "convergence",
@@ -362,7 +369,7 @@ def test_ledger_catches_phantoms_losses_and_duplicates() -> None:
     assert not ledger.phantoms.held and ledger.phantoms.count == 3
     lost = ledger.new_tag()
     ledger.sent(SentMessage(lost, 0, 1, 1, 1, "id-2", False, 0, 0))
-    ledger.acked("id-2")
+    ledger.acked("id-2", 7)
     ledger.delivered(1, 1, 0, {"tag": tag}, "id-1", 8)
     ledger.delivered(1, 1, 0, {"tag": tag}, "id-1", 9)
     counts = ledger.finish([1, 1, 1], "replay")
@@ -372,8 +379,17 @@ def test_ledger_catches_phantoms_losses_and_duplicates() -> None:
     quiet = MessageLedger()
     t = quiet.new_tag()
     quiet.sent(SentMessage(t, 0, 1, 1, 1, "id-3", False, 0, 0))
-    quiet.acked("id-3")
+    quiet.acked("id-3", 1)
     assert quiet.finish([1, 2], "replay")["lost"] == 0 and quiet.exactly_once.held
+    # A send ends once: completed then failed (or twice) is a violation of its own.
+    twice = MessageLedger()
+    t = twice.new_tag()
+    twice.sent(SentMessage(t, 0, 1, 1, 1, "id-4", True, 0, 0))
+    twice.failed("id-4", "no_route", 1)
+    twice.acked("id-4", 2)
+    twice.acked("id-4", 3)
+    assert twice.one_outcome.count == 2 and twice.late_hop_outcomes == 2
+    assert twice.finish([1, 1], "replay")["lost"] == 0  # a failed send is not a loss
 
 
 def test_amplification_and_state_bound_checkers_fail_when_they_should() -> None:
@@ -496,6 +512,49 @@ def test_spoofed_sources_get_at_most_three_times_what_they_sent() -> None:
     assert len(answered) > 20
     for (index, addr), (out, got) in answered.items():
         assert out <= 3 * got, (index, addr, out, got)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: once a routed send is resolved end to end (confirmed by the destination, "
+    "refused with no_route, expired), the first hop's own outcome arriving later (its Ack, or "
+    "the hop's session ending) is reported too: the application sees two outcomes for one send",
+)
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        # Refused (SendFailed no_route: the destination had crashed), then completed.
+        Scenario(
+            nodes=13,
+            duration=41,
+            seed=5,
+            churn=120,
+            rate=0.2,
+            heartbeat_interval=5,
+            connection_timeout=20,
+        ),
+        # Confirmed by the destination before the hop's Ack: completed twice.
+        Scenario(
+            nodes=30,
+            duration=31.2,
+            seed=22779,
+            loss=0.02,
+            duplicate=0.05,
+            reorder=0.05,
+            churn=20.0,
+            partitions=2,
+            partition_seconds=5.0,
+            bootstraps=2,
+            rate=0.2,
+            heartbeat_interval=5.0,
+            connection_timeout=20.0,
+        ),
+    ],
+    ids=["refused-then-completed", "completed-twice"],
+)
+def test_routed_send_resolves_once(scenario: Scenario) -> None:
+    verdict = simulate(scenario)["invariants"]["one_outcome_per_send"]
+    assert verdict["held"], verdict
 
 
 @pytest.mark.xfail(

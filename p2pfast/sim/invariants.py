@@ -20,9 +20,6 @@ from .clock import to_seconds
 
 #: Replies to an unproven address stay within this factor of what it sent (the engine's rule).
 AMPLIFICATION_FACTOR = 3
-#: A receiver's session older than the sender's by this many ticks (10 s: longer than a
-#: handshake with all its retries) is stale.
-STALE_TICKS = 10 * 10_000
 #: Violations quoted in a detail string at most.
 MAX_QUOTED = 3
 
@@ -106,10 +103,16 @@ class MessageLedger:
         self.epochs: dict[tuple[int, int], int] = {}
         #: (at, other) → tick at which ``at`` last opened a session with ``other``.
         self.session_start: dict[tuple[int, int], int] = {}
+        #: (at, other) → tick at which ``at`` last dropped its session with ``other``; host →
+        #: tick at which it last stopped (crash or shutdown).
+        self.session_end: dict[tuple[int, int], int] = {}
+        self.stopped: dict[int, int] = {}
         self.lost_stale = 0
         self.duplicates_across_sessions = 0
         self.exactly_once = Verdict()
         self.phantoms = Verdict()
+        self.one_outcome = Verdict()
+        self.late_hop_outcomes = 0
         self.next_tag = 1
         self.no_route = 0
         self.window_full = 0
@@ -131,27 +134,62 @@ class MessageLedger:
     def session_opened(self, at: int, other: int, tick: int) -> None:
         self.session_start[(at, other)] = tick
 
+    def session_ended(self, at: int, other: int, tick: int) -> None:
+        self.session_end[(at, other)] = tick
+
+    def host_stopped(self, index: int, tick: int) -> None:
+        self.stopped[index] = tick
+
     def stale_session(self, src: int, dst: int) -> bool:
-        """Whether ``dst`` holds a session with ``src`` opened well before ``src``'s session with
-        ``dst`` (``src`` restarted, or dropped ``dst`` alone, and shook hands again): a
-        classification of losses for the report, never an excuse for them."""
-        mine = self.session_start.get((src, dst))
+        """Whether ``dst`` holds a session with ``src`` that ``src`` has since abandoned (``src``
+        restarted, or dropped ``dst`` alone, and then shook hands again): a classification of
+        losses for the report, never an excuse for them."""
         theirs = self.session_start.get((dst, src))
-        return mine is not None and theirs is not None and mine - theirs > STALE_TICKS
+        if theirs is None:
+            return False
+        abandoned = max(self.session_end.get((src, dst), -1), self.stopped.get(src, -1))
+        return theirs < abandoned
 
     def sent(self, msg: SentMessage) -> None:
         self.by_tag[msg.tag] = msg
         self.by_handle[msg.handle] = msg
 
-    def acked(self, handle: str) -> None:
+    def acked(self, handle: str, tick: int) -> None:
         msg = self.by_handle.get(handle)
-        if msg is not None:
-            msg.acked = True
+        if msg is None:
+            return
+        if msg.acked or msg.failed:
+            self._second_outcome(
+                msg,
+                f"SendFailed({msg.failed})" if msg.failed else "SendCompleted",
+                "SendCompleted",
+                tick,
+            )
+        msg.acked = True
 
-    def failed(self, handle: str, reason: str) -> None:
+    def failed(self, handle: str, reason: str, tick: int) -> None:
         msg = self.by_handle.get(handle)
-        if msg is not None:
-            msg.failed = reason
+        if msg is None:
+            return
+        if msg.acked or msg.failed:
+            self._second_outcome(
+                msg,
+                f"SendFailed({msg.failed})" if msg.failed else "SendCompleted",
+                f"SendFailed({reason})",
+                tick,
+            )
+        msg.failed = msg.failed or reason
+
+    def _second_outcome(self, msg: SentMessage, first: str, second: str, tick: int) -> None:
+        """A send must end in one SendCompleted or one SendFailed, never both or twice."""
+        if msg.routed:
+            # Classified for the report: the routed send was already resolved end to end
+            # (confirmed, refused or expired) when the first hop's outcome came in.
+            self.late_hop_outcomes += 1
+        self.one_outcome.fail(
+            f"tag {msg.tag} {msg.src}->{msg.dst}{' (routed)' if msg.routed else ''}: {first}, "
+            f"then {second} at {to_seconds(tick):.4f}s"
+        )
 
     def delivered(
         self,
@@ -194,8 +232,9 @@ class MessageLedger:
             )
 
     def finish(self, incarnations: list[int], replay: str) -> dict[str, int]:
-        """Check losses: a direct message that was acked, between hosts that neither restarted
-        nor disconnected from each other since it was sent, must have been delivered."""
+        """Check losses: a routed message the destination confirmed, and a direct message that
+        was acked between hosts that neither restarted nor disconnected from each other since
+        it was sent, must have been delivered."""
         sent = delivered = lost = in_flight = failed = 0
         routed_sent = routed_delivered = 0
         for msg in self.by_tag.values():
@@ -210,14 +249,15 @@ class MessageLedger:
                 failed += 1
             elif not msg.acked and not got:
                 in_flight += 1
-            if (
-                not msg.routed
-                and msg.acked
-                and not got
-                and incarnations[msg.src] == msg.src_inc
+            # A direct message's Ack comes from the receiver's session, so it proves delivery
+            # only while that session is the one it was sent on; a routed message's completion
+            # is the destination's own end-to-end confirmation, so it always does.
+            direct_in_scope = (
+                incarnations[msg.src] == msg.src_inc
                 and incarnations[msg.dst] == msg.dst_inc
                 and self.epoch(msg.src, msg.dst) == msg.epoch
-            ):
+            )
+            if msg.acked and not msg.failed and not got and (msg.routed or direct_in_scope):
                 lost += 1
                 self.lost_stale += msg.stale
                 self.exactly_once.fail(
@@ -239,6 +279,7 @@ class MessageLedger:
             "routed_sent": routed_sent,
             "routed_delivered": routed_delivered,
             "redelivered_after_restart": self.redelivered_after_restart,
+            "late_hop_outcomes": self.late_hop_outcomes,
         }
 
 

@@ -54,6 +54,7 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
     invariants = {
         "exactly_once": sim.ledger.exactly_once.to_dict(),
         "no_phantom_delivery": sim.ledger.phantoms.to_dict(),
+        "one_outcome_per_send": sim.ledger.one_outcome.to_dict(),
         "state_bounds": sim.bounds.verdict.to_dict(),
         "amplification": ampl.to_dict(),
         "convergence": conv_verdict,

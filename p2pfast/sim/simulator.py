@@ -225,6 +225,7 @@ class Simulation:
             host.node.close(tick / TICKS_PER_SECOND)
             self._flush(host, tick)
         self._collect(host.node, tick)
+        self.ledger.host_stopped(host.index, tick)
         host.up = False
         host.node = None
         host.timer_tick = -1
@@ -403,14 +404,15 @@ class Simulation:
                     tick,
                 )
             elif kind is SendCompleted:
-                ledger.acked(event.handle)
+                ledger.acked(event.handle, tick)
             elif kind is SendFailed:
-                ledger.failed(event.handle, event.reason)
+                ledger.failed(event.handle, event.reason, tick)
             elif kind is PeerDisconnected:
                 self.disconnects += 1
                 other = index_by_id.get(event.node_id)
                 if other is not None:
                     ledger.disconnected(host.index, other)
+                    ledger.session_ended(host.index, other, tick)
             elif kind is PeerConnected:
                 self.connects += 1
                 other = index_by_id.get(event.node_id)
