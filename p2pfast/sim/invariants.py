@@ -2,7 +2,8 @@
 
 - :class:`MessageLedger`: every reliable message between nodes that stay up and connected is
   delivered exactly once; nothing is delivered that was never sent (each payload carries a
-  unique tag, and the delivery must match the tag's sender, receiver and message id).
+  unique tag, and the delivery must match the tag's sender, receiver and message id); every
+  send ends in exactly one SendCompleted or SendFailed.
 - :class:`StateBounds`: peers, routes, route-id cache and in-flight windows stay within the
   configured bounds, sampled on a fixed virtual-time schedule.
 - :func:`amplification`: bytes a node sends to an address no host ever held stay within 3x
@@ -26,6 +27,8 @@ MAX_QUOTED = 3
 
 @dataclass
 class Verdict:
+    """One invariant's outcome: held or not, how often it broke, and the first few breaches."""
+
     held: bool = True
     detail: str = ""
     violations: list[str] = field(default_factory=list)
@@ -46,6 +49,9 @@ class Verdict:
 
 
 class SentMessage:
+    """One tagged reliable message: who sent it to whom, in which incarnations and session
+    epoch, how the sender's engine resolved it, and where it was delivered."""
+
     __slots__ = (
         "acked",
         "deliveries",
