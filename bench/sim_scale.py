@@ -92,7 +92,7 @@ COLUMNS = (
     "routes per node at end (median / max)",
     "delivered / attempted",
     "routed success",
-    "exactly-once",
+    "other invariants broken",
     "sim µs / dgram",
     "engine µs / dgram",
 )
@@ -104,6 +104,21 @@ def _median_max(r: dict[str, Any], key: str) -> str:
     return f"{median} / {r['state_maxima'][key]}"
 
 
+def _broken(r: dict[str, Any]) -> str:
+    """Invariants other than convergence that failed, with their counts."""
+    m = r["messages"]
+    out = []
+    for name, verdict in r["invariants"].items():
+        if verdict["held"] or name == "convergence":
+            continue
+        if name == "exactly_once":
+            out.append(f"exactly-once ({m['lost']} lost, {m['duplicates']} dup)")
+        else:
+            count = verdict["detail"].split(" ", 1)[0]
+            out.append(f"{name.replace('_', ' ')} ({count})")
+    return "; ".join(out) or "none"
+
+
 def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
     m = r["messages"]
     wall = r["wall"]
@@ -111,7 +126,6 @@ def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
     conv = r["convergence_seconds"]
     rss_node = max(0.0, (wall["rss_peak_mib"] - 20.0) * 1024 / nodes)
     routed = m["routed_success"]
-    once = r["invariants"]["exactly_once"]
     dgrams = r["datagrams"]
     return [
         f"{nodes:,}",
@@ -119,7 +133,7 @@ def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
         f"{r['duration']:g}",
         f"{wall['seconds']:.0f}",
         f"{conv:.0f}" if conv is not None else "never",
-        f"{r['reachable_pairs_final']:.3f}",
+        f"{r['reachable_pairs_final']:.3g}",
         f"{dgrams['per_node_per_minute']:.0f}",
         f"{dgrams['bytes_per_node_per_minute'] / 1024:.0f}",
         f"{rss_node:.0f}",
@@ -127,7 +141,7 @@ def _row(nodes: int, label: str, r: dict[str, Any]) -> list[str]:
         _median_max(r, "routes"),
         f"{m['delivered'] / attempted if attempted else 0:.3f}",
         f"{routed:.3f}" if routed is not None else "-",
-        "held" if once["held"] else f"{m['lost']} lost, {m['duplicates']} dup",
+        _broken(r),
         f"{wall.get('simulator_us_per_datagram', 0):.1f}",
         f"{wall.get('engine_us_per_datagram', 0):.1f}",
     ]
