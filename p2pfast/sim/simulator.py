@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._speedups import codec
 from ..config import Config
 from ..errors import SendError, WindowFull
 from ..events import DataReceived, PeerConnected, PeerDisconnected, SendCompleted, SendFailed
@@ -85,9 +86,11 @@ class Simulation:
         self.bounds = StateBounds()
         self.convergence = Convergence(stream("convergence"), max_hops=8)
         self.node_rng = _node_takes_rng()
-        # The digest covers tick, receiver and size of every delivery, not contents: even with
-        # ``rng`` the engine still draws envelope ids of Pongs, Acks, Errors, peer lists... from
-        # the OS, which changes bytes but never behaviour (ids have a fixed length).
+        # Envelope ids the engine draws without its ``rng`` (Pongs, Acks, peer lists...) come
+        # from the codec's entropy source: seeded too when the codec can be told so. With both,
+        # every byte is reproducible and the trace digest covers contents.
+        self._set_id_entropy = getattr(codec, "set_id_entropy", None)
+        self.network.digest_content = self.node_rng and self._set_id_entropy is not None
 
         layout = stream("layout")
         lo, hi = s.latency_ms
@@ -427,6 +430,8 @@ class Simulation:
         old_level = engine_log.level
         engine_log.setLevel(logging.ERROR)
         wall_start = time.perf_counter()
+        if self._set_id_entropy is not None:
+            self._set_id_entropy(self._stream("ids").randbytes)
         try:
             self._schedule()
             self._loop()
@@ -438,6 +443,8 @@ class Simulation:
                     self._collect(host.node, self.end_tick)
         finally:
             engine_log.setLevel(old_level)
+            if self._set_id_entropy is not None:
+                self._set_id_entropy(None)  # process-wide: give the OS its ids back
         return build_report(self, time.perf_counter() - wall_start)
 
     def _loop(self) -> None:
