@@ -197,7 +197,7 @@ def plot(out: Path, png: Path) -> None:
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        "p2pfast under p2pfast-sim, seed 1: 600 virtual s (10,000 nodes: 60 s), max_connections 100"
+        "p2pfast under p2pfast-sim, seed 1, 600 virtual s (10,000 nodes: 60 s), max_connections 100"
     )
     fig.tight_layout()
     fig.savefig(png, dpi=110)
