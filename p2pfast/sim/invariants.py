@@ -338,20 +338,46 @@ class StateBounds:
                 )
 
 
-def amplification(unproven: dict[tuple[int, tuple[str, int]], list[int]], honest: int) -> Verdict:
-    """Bytes each honest host sent to a never-bound address vs bytes it received from it."""
+def amplification(
+    unproven: dict[tuple[int, tuple[str, int]], list[int]],
+    honest: int,
+    hostile_rx: dict[int, int] | None = None,
+) -> Verdict:
+    """Bytes honest hosts send to never-bound addresses, two rules:
+
+    - an address that sent a host something (a spoofed source) gets at most 3x that back;
+    - addresses that never sent it anything (invented entries of a peer list) together get at
+      most 3x the bytes the host received from the hostile peers that can send such lists:
+      dialing an address a peer listed is paid for by that peer's list.
+    """
     verdict = Verdict()
     worst = 0.0
+    dialed: dict[int, int] = {}
     for (index, addr), (out, got) in unproven.items():
         if index >= honest or not out:
             continue
-        ratio = out / got if got else float("inf")
-        worst = max(worst, ratio)
-        if out > AMPLIFICATION_FACTOR * got:
-            verdict.fail(f"host {index} sent {out} B to {addr[0]}:{addr[1]}, which sent it {got} B")
+        if got:
+            worst = max(worst, out / got)
+            if out > AMPLIFICATION_FACTOR * got:
+                verdict.fail(
+                    f"host {index} sent {out} B to {addr[0]}:{addr[1]}, which sent it {got} B"
+                )
+        else:
+            dialed[index] = dialed.get(index, 0) + out
+    paid = hostile_rx or {}
+    worst_dial = 0.0
+    for index, out in sorted(dialed.items()):
+        budget = paid.get(index, 0)
+        worst_dial = max(worst_dial, out / budget if budget else float("inf"))
+        if out > AMPLIFICATION_FACTOR * budget:
+            verdict.fail(
+                f"host {index} sent {out} B to addresses that never sent it anything, against "
+                f"{budget} B of lying peer lists"
+            )
     pairs = sum(1 for (index, _), (out, _got) in unproven.items() if index < honest)
-    verdict.detail = f"{pairs} (node, unproven address) pairs; worst ratio " + (
-        "inf" if worst == float("inf") else f"{worst:.2f}"
+    verdict.detail = (
+        f"{pairs} (node, unproven address) pairs; worst reply ratio {worst:.2f}; worst dial "
+        f"ratio " + ("inf" if worst_dial == float("inf") else f"{worst_dial:.2f}")
     )
     return verdict
 

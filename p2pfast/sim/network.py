@@ -112,6 +112,10 @@ class Network:
         #: (sender index, address) → [bytes sent to it, bytes received from it], for addresses
         #: no host ever held (spoofed sources, invented peer-list entries).
         self.unproven: dict[tuple[int, Addr], list[int]] = {}
+        #: Addresses of hostile hosts that hold a session (liars), and per host index the bytes
+        #: it received from them: what their peer lists may make it dial (see ``amplification``).
+        self.hostile_ips: set[str] = set()
+        self.hostile_rx: dict[int, int] = {}
         #: A running digest of every delivery (tick, receiver, size; content too when
         #: ``digest_content``): two runs agree on it only if they agree datagram by datagram.
         self.digest = 0
@@ -206,6 +210,8 @@ class Network:
         self.digest = (self.digest * 1_000_003 + mix) % _DIGEST_MOD
         host.rx_dgrams += 1
         host.rx_bytes += size
+        if self.hostile_ips and src[0] in self.hostile_ips:
+            self.hostile_rx[host.index] = self.hostile_rx.get(host.index, 0) + size
         if src[0] not in self.endpoints:
             key = (host.index, src)
             record = self.unproven.get(key)

@@ -50,7 +50,7 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
             else f"never converged; reachable pairs at the end: {conv.last_fraction:.4f}"
         ),
     }
-    ampl = amplification(net.unproven, s.honest)
+    ampl = amplification(net.unproven, s.honest, net.hostile_rx)
     invariants = {
         "exactly_once": sim.ledger.exactly_once.to_dict(),
         "no_phantom_delivery": sim.ledger.phantoms.to_dict(),

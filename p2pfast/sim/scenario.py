@@ -62,7 +62,7 @@ def format_nat_mix(mix: dict[str, float]) -> str:
     for name, preset in NAT_PRESETS.items():
         if mix == preset:
             return name
-    return ",".join(f"{kind}={mix[kind]:g}" for kind in NAT_KINDS if kind in mix)
+    return ",".join(f"{kind}={mix[kind]!r}" for kind in NAT_KINDS if kind in mix)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class Simulation:
                 if role == "liar":
                     host.hostile = Liar(host, stream(f"hostile:{index}"))
                     self.hostiles.append(host.hostile)
+                    self.network.hostile_ips.add(host.ip)
                 self.nat_counts[nat_kind] += 1
                 if nat_kind == "open":
                     self.network.attach(host)
