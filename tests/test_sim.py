@@ -1,8 +1,8 @@
 """The network simulator: randomized scenarios hold every invariant (on whichever twin this
-process runs: CI runs the suite on both), the same seed gives the same run bit for bit (also
+process runs: CI runs the suite on both), the same seed gives the same run byte for byte (also
 across the compiled and pure twins), planted faults are caught, and the CLI's exit status and
-replay command work. Known engine defects the simulator found are strict xfails: they start
-failing loudly (XPASS) the day the engine is fixed."""
+replay command work. Engine defects the simulator found stay here as regression tests, with
+the seeds that exposed them."""
 
 from __future__ import annotations
 
@@ -471,7 +471,7 @@ def test_churn_restarts_nodes_and_they_rejoin() -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# Engine defects the simulator found (strict xfails: they XPASS, and fail, once fixed).
+# Engine defects the simulator found, fixed on main: regression tests with the seeds that exposed them.
 
 
 @pytest.mark.parametrize(
@@ -494,8 +494,7 @@ def test_a_repeated_handshake_restarts_the_session(scenario: Scenario) -> None:
 
 def test_spoofed_sources_get_at_most_three_times_what_they_sent() -> None:
     """The nodes a spoofer writes to in a forged address's name answer that address with at
-    most 3x the bytes it sent (third parties that merely heard of the address are the xfail
-    below)."""
+    most 3x the bytes it sent (third parties that heard of the address: the test below)."""
     sim = Simulation(Scenario(nodes=13, duration=60, seed=1, hostile=1, hostile_kinds=("spoofer",)))
     sim.run()
     answered = {key: v for key, v in sim.network.unproven.items() if v[1] > 0}
