@@ -471,7 +471,7 @@ def test_churn_restarts_nodes_and_they_rejoin() -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# Engine defects the simulator found, fixed on main: regression tests with the seeds that exposed them.
+# Engine defects the simulator found, fixed on main: regression tests with their seeds.
 
 
 @pytest.mark.parametrize(
