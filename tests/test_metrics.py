@@ -211,11 +211,6 @@ def test_every_scalar_counter_of_the_stats_is_exported() -> None:
     assert scalar <= exported, scalar - exported
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node._log_stats (node.py, the integrator's) still writes 'acks=%d/%d'; the one-line "
-    "change: log.info('%s', format_stats_line(self.get_stats(now)))",
-)
 def test_server_stats_log_line_has_labels_a_reader_understands() -> None:
     with ServerProcess("--network-id", "test", "--stats-interval", "0.3") as proc:
         time.sleep(1.0)
