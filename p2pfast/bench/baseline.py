@@ -1,14 +1,15 @@
 """The do-nothing reference for ``p2pfast-bench --baseline``: a minimal uvloop UDP echo server.
 
-``python -m p2pfast._baseline --address 127.0.0.1:0`` binds (port 0 = ephemeral), prints
+``python -m p2pfast.bench.baseline --address 127.0.0.1:0`` binds (port 0 = ephemeral), prints
 ``p2pfast-baseline listening on IP:PORT`` on stderr when ready, sends every datagram straight
 back to its sender and exits 0 on SIGTERM/SIGINT. Its socket buffers are tuned exactly as
 ``p2pfast-server``'s are, so the two run under identical kernel conditions; the CPU it spends
 per datagram is "the cost of a uvloop echo", the floor p2pfast's protocol processing is
-compared with (SPEC §7).
+compared with.
 
 Deliberately imports nothing from p2pfast (``python -m`` still runs ``p2pfast/__init__``,
-which only loads the codec selector) and does no parsing, logging or bookkeeping.
+which only loads the codec selector, and ``p2pfast/bench/__init__``, which loads nothing) and
+does no parsing, logging or bookkeeping.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def _serve(host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m p2pfast._baseline",
+        prog="python -m p2pfast.bench.baseline",
         description="Minimal uvloop UDP echo server (the p2pfast-bench baseline).",
     )
     parser.add_argument("-a", "--address", default="127.0.0.1:0", help="IP:PORT to bind (port 0 = any)")
