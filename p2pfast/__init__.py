@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._speedups import USE_EXTENSIONS
+from ._version import __version__
 from .errors import ConfigError, P2PError, ProtocolError, SendError, WindowFull
 from .protocol import MAX_MESSAGE_SIZE, MessageType
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
