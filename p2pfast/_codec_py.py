@@ -15,10 +15,9 @@ from typing import Any
 
 import orjson
 
+from ._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 from .addr import parse_addr
 from .errors import ProtocolError
-
-from ._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 
 _TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
 _TYPE_BYTES = tuple(name.encode() for name in TYPE_NAMES)
@@ -61,14 +60,14 @@ class Message:
     """One decoded envelope. ``type`` is the integer message-type code."""
 
     __slots__ = (
+        "ack_for",
         "id",
-        "type",
-        "timestamp",
         "payload",
+        "requires_ack",
         "sender_addr",
         "sequence_number",
-        "requires_ack",
-        "ack_for",
+        "timestamp",
+        "type",
     )
 
     def __init__(
@@ -95,7 +94,7 @@ class Message:
     def type_name(self) -> str:
         return TYPE_NAMES[self.type]
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[Any, ...]:
         return (
             self.id,
             self.type,
@@ -108,9 +107,10 @@ class Message:
         )
 
     def __eq__(self, other: object) -> bool:
-        if not hasattr(other, "as_tuple"):
+        as_tuple = getattr(other, "as_tuple", None)
+        if as_tuple is None:
             return NotImplemented
-        return self.as_tuple() == other.as_tuple()  # type: ignore[attr-defined]
+        return bool(self.as_tuple() == as_tuple())
 
     def __repr__(self) -> str:
         return (
@@ -142,7 +142,8 @@ def normalize_uuid(value: object) -> str:
 
 
 def decode(data: bytes) -> Message:
-    """Decode one datagram; raise :class:`ProtocolError` for anything that is not a valid message."""
+    """Decode one datagram; raise :class:`ProtocolError` for anything that is not a valid
+    message."""
     size = len(data)
     if size > MAX_MESSAGE_SIZE:
         raise ProtocolError("too_large", f"{size} bytes > {MAX_MESSAGE_SIZE}")
@@ -202,8 +203,8 @@ def _refill_ids() -> str:
     global _ids
     h = os.urandom(16 * _ID_BATCH).hex()
     batch = [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
-        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * _ID_BATCH, 32)
     ]
     _ids = batch

@@ -50,7 +50,7 @@ class BatchSender:
     transport would report them to ``error_received`` and drop them.
     """
 
-    __slots__ = ("_sock", "_closed", "family", "blocked", "errors", "syscalls")
+    __slots__ = ("_closed", "_sock", "blocked", "errors", "family", "syscalls")
 
     def __init__(self, fd: int, family: int) -> None:
         self.family = family
@@ -71,7 +71,7 @@ class BatchSender:
             self._sock.close()
             self._sock = None
 
-    def send(self, items: list[tuple[bytes, tuple]], start: int = 0) -> int:
+    def send(self, items: list[tuple[bytes, tuple[Any, ...]]], start: int = 0) -> int:
         """Send ``items[start:]``; return the index of the first pair not sent."""
         if not 0 <= start <= len(items):
             raise ValueError(f"start {start} outside 0..{len(items)}")

@@ -152,7 +152,9 @@ def test_coalesced_acks_run_reports_ack_fields(tmp_path: Path) -> None:
 
 
 def test_acks_only_for_the_data_workload() -> None:
-    proc = _bench("--workload", "ping", "--acks", "coalesced", "--peers", "2", "--no-progress", timeout=30)
+    proc = _bench(
+        "--workload", "ping", "--acks", "coalesced", "--peers", "2", "--no-progress", timeout=30
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "--acks coalesced applies to the data workload only" in proc.stderr
@@ -168,9 +170,14 @@ def test_rounds_interleave_runs_and_report_median_ratios(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert [(r["round"], r["kind"]) for r in doc["runs"]] == [
-        (1, "p2pfast"), (1, "baseline"), (2, "p2pfast"), (2, "baseline")
+        (1, "p2pfast"),
+        (1, "baseline"),
+        (2, "p2pfast"),
+        (2, "baseline"),
     ]
-    per_round = [r["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"] for r in doc["ratios_per_round"]]
+    per_round = [
+        r["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"] for r in doc["ratios_per_round"]
+    ]
     assert len(per_round) == 2 and all(x is not None and x > 0 for x in per_round)
     median = doc["ratios"]["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"]
     assert median == pytest.approx(sum(per_round) / 2, abs=0.002)  # median of two = their mean

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
+from typing import Any
 
 BUFFER_BYTES = 4 * 1024 * 1024  # as p2pfast.server._tune_buffers
 
@@ -34,7 +36,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.transport.sendto(data, addr)  # type: ignore[union-attr]
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: irrelevant for an echo
@@ -60,10 +62,8 @@ async def _serve(host: str, port: int) -> None:
             f"p2pfast-baseline: error: cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
+        with contextlib.suppress(OSError):  # the kernel may refuse: not fatal
             sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER_BYTES)
-        except OSError:  # pragma: no cover
-            pass
     transport, _ = await loop.create_datagram_endpoint(EchoProtocol, sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m p2pfast.bench.baseline",
         description="Minimal uvloop UDP echo server (the p2pfast-bench baseline).",
     )
-    parser.add_argument("-a", "--address", default="127.0.0.1:0", help="IP:PORT to bind (port 0 = any)")
+    parser.add_argument(
+        "-a", "--address", default="127.0.0.1:0", help="IP:PORT to bind (port 0 = any)"
+    )
     args = parser.parse_args(argv)
     try:
         host, port = _parse_address(args.address)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_legacy(uvloop, host: str, port: int) -> None:  # pragma: no cover - uvloop < 0.18
+def _run_legacy(uvloop: Any, host: str, port: int) -> None:  # pragma: no cover - uvloop < 0.18
     loop = uvloop.new_event_loop()
     try:
         loop.run_until_complete(_serve(host, port))

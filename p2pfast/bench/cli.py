@@ -13,9 +13,15 @@ from typing import Any
 import click
 
 from .common import ACK_MODES, NETWORK_ID, WORKLOADS, BenchError
-from .report import command_line, compute_ratios, format_ratios, format_table, machine_info, median_ratios
+from .report import (
+    command_line,
+    compute_ratios,
+    format_ratios,
+    format_table,
+    machine_info,
+    median_ratios,
+)
 from .run import HANDSHAKE_CONCURRENCY, LOSS_TIMEOUT, WARMUP, Progress, RunSpec, run_one
-
 
 
 def raise_nofile(needed: int) -> None:
@@ -29,7 +35,9 @@ def raise_nofile(needed: int) -> None:
         return
     new = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
     if hard != resource.RLIM_INFINITY and needed > hard:
-        raise BenchError(f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers")
+        raise BenchError(
+            f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers"
+        )
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
     except (ValueError, OSError) as exc:
@@ -64,21 +72,89 @@ class _BenchClickError(click.ClickException):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--peers", "-n", type=click.IntRange(1, 19_000), default=1000, help="Simulated peers (one UDP socket each).")
-@click.option("--duration", "-d", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds of measured closed-loop traffic (after a 0.5 s warm-up).")
-@click.option("--window", "-w", type=click.IntRange(1, 1024), default=4, help="Messages each sending peer keeps in flight (1000 peers x 4 fits the server's 4 MiB socket buffer).")
-@click.option("--size", "-s", type=click.IntRange(0, 60_000), default=64, help="Characters of the Data blob.")
-@click.option("--workload", type=click.Choice(WORKLOADS), default="data", help="data: Data+Ack; ping: Ping/Pong; routed: A->server->B.")
-@click.option("--acks", type=click.Choice(ACK_MODES), default="plain", help="data: plain = one Ack per Data; coalesced = announce 'p2pfast', one range Ack per peer per server I/O batch.")
-@click.option("--impl", "impl", type=click.Choice(("compiled", "pure", "both")), default="compiled", help="Server implementation (P2PFAST_NO_EXTENSIONS); with --target only a label.")
-@click.option("--baseline", is_flag=True, help="Also run the minimal uvloop echo server under the same load.")
-@click.option("--target", callback=_parse_target, metavar="HOST:PORT", help="Benchmark a running server instead of starting one.")
-@click.option("--network-id", default=NETWORK_ID, callback=_check_network_id, help="Network id the peers present (and the server the bench starts uses): a --target server's network.")
-@click.option("--target-pid", type=int, help="PID of the --target server, for its CPU time and RSS.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True), help="Write all results, ratios, the machine and the command line here.")
-@click.option("--rounds", type=click.IntRange(1, 100), default=1, help="Run everything this many times, interleaved; ratios are the median of the per-round ratios.")
+@click.option(
+    "--peers",
+    "-n",
+    type=click.IntRange(1, 19_000),
+    default=1000,
+    help="Simulated peers (one UDP socket each).",
+)
+@click.option(
+    "--duration",
+    "-d",
+    type=click.FloatRange(0.1, 3600),
+    default=5.0,
+    help="Seconds of measured closed-loop traffic (after a 0.5 s warm-up).",
+)
+@click.option(
+    "--window",
+    "-w",
+    type=click.IntRange(1, 1024),
+    default=4,
+    help="Messages each sending peer keeps in flight "
+    "(1000 peers x 4 fits the server's 4 MiB socket buffer).",
+)
+@click.option(
+    "--size", "-s", type=click.IntRange(0, 60_000), default=64, help="Characters of the Data blob."
+)
+@click.option(
+    "--workload",
+    type=click.Choice(WORKLOADS),
+    default="data",
+    help="data: Data+Ack; ping: Ping/Pong; routed: A->server->B.",
+)
+@click.option(
+    "--acks",
+    type=click.Choice(ACK_MODES),
+    default="plain",
+    help="data: plain = one Ack per Data; coalesced = announce 'p2pfast', "
+    "one range Ack per peer per server I/O batch.",
+)
+@click.option(
+    "--impl",
+    "impl",
+    type=click.Choice(("compiled", "pure", "both")),
+    default="compiled",
+    help="Server implementation (P2PFAST_NO_EXTENSIONS); with --target only a label.",
+)
+@click.option(
+    "--baseline", is_flag=True, help="Also run the minimal uvloop echo server under the same load."
+)
+@click.option(
+    "--target",
+    callback=_parse_target,
+    metavar="HOST:PORT",
+    help="Benchmark a running server instead of starting one.",
+)
+@click.option(
+    "--network-id",
+    default=NETWORK_ID,
+    callback=_check_network_id,
+    help="Network id the peers present (and the server the bench starts uses): "
+    "a --target server's network.",
+)
+@click.option(
+    "--target-pid", type=int, help="PID of the --target server, for its CPU time and RSS."
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write all results, ratios, the machine and the command line here.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=1,
+    help="Run everything this many times, interleaved; "
+    "ratios are the median of the per-round ratios.",
+)
 @click.option("--seed", type=int, help="Seed for node ids (default: random).")
-@click.option("--no-progress", is_flag=True, help="No progress line on stderr (also off when stderr is not a terminal).")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress line on stderr (also off when stderr is not a terminal).",
+)
 def main(**options: Any) -> None:
     """Closed-loop benchmark of p2pfast-server: handshakes/s, messages/s, latency, and the
     server's own CPU time per message, optionally against a do-nothing uvloop echo baseline."""
@@ -138,7 +214,11 @@ def _main(
     for round_no, spec in ((k, spec) for k in range(1, rounds + 1) for spec in specs):
         result = run_one(spec, progress)
         result["round"] = round_no
-        if spec.kind == "p2pfast" and spec.target is None and result.get("extensions") not in (None, spec.impl):
+        if (
+            spec.kind == "p2pfast"
+            and spec.target is None
+            and result.get("extensions") not in (None, spec.impl)
+        ):
             click.echo(
                 f"p2pfast-bench: warning: --impl {spec.impl} asked, but the server runs the "
                 f"{result['extensions']} implementation (compiled extensions not built?)",
@@ -158,7 +238,8 @@ def _main(
             "machine": machine_info(),
             "options": {
                 "peers": peers, "duration": duration, "window": window, "size": size,
-                "workload": workload, "acks": acks, "impl": impl, "baseline": baseline, "rounds": rounds,
+                "workload": workload, "acks": acks, "impl": impl, "baseline": baseline,
+                "rounds": rounds,
                 "target": None if target is None else f"{target[0]}:{target[1]}",
                 "target_pid": target_pid, "network_id": network_id, "seed": seed,
                 "warmup": WARMUP, "loss_timeout": LOSS_TIMEOUT,

@@ -20,7 +20,7 @@ from typing import Any
 
 with warnings.catch_warnings():  # the server reports which implementation it runs
     warnings.simplefilter("ignore", RuntimeWarning)
-    from .._speedups import codec
+    from .._speedups import codec as codec  # (re-exported for run.py)
 
 from ..errors import ProtocolError
 from ..protocol import MessageType
@@ -28,7 +28,7 @@ from ..protocol import MessageType
 try:
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a dependency; json is the safety net
-    from json import loads as _loads
+    from json import loads as _loads  # type: ignore[assignment]
 
 T_HANDSHAKE_REQUEST = int(MessageType.HandshakeRequest)
 T_HANDSHAKE_RESPONSE = int(MessageType.HandshakeResponse)
@@ -93,7 +93,9 @@ def data_template(size: int) -> bytes:
     raw = codec.encode(
         T_DATA, {"blob": "x" * size}, _PH_TS, id=_PH_ID, sequence_number=_PH_SEQ, requires_ack=True
     )
-    return _template(raw, [(_PH_ID.encode(), b"%s"), (b"%d" % _PH_TS, b"%d"), (b"%d" % _PH_SEQ, b"%d")])
+    return _template(
+        raw, [(_PH_ID.encode(), b"%s"), (b"%d" % _PH_TS, b"%d"), (b"%d" % _PH_SEQ, b"%d")]
+    )
 
 
 def ping_template() -> bytes:
@@ -125,7 +127,13 @@ def routed_template(size: int, source: str, destination: str, max_hops: int = 8)
     ts = b"%d" % _PH_TS
     return _template(
         raw,
-        [(_PH_ID.encode(), b"%s"), (ts, b"%d"), (_PH_ID2.encode(), b"%s"), (ts, b"%d"), (_PH_ID3.encode(), b"%s")],
+        [
+            (_PH_ID.encode(), b"%s"),
+            (ts, b"%d"),
+            (_PH_ID2.encode(), b"%s"),
+            (ts, b"%d"),
+            (_PH_ID3.encode(), b"%s"),
+        ],
     )
 
 
@@ -148,7 +156,7 @@ class Shared:
         self.retransmit_requests = 0  # Retransmit requests from the server (it saw a gap)
         self.reacked = 0  # coalesced Acks: sequence numbers acked again after they completed
         self.server_disconnects = 0
-        self.hs_pending: deque[Peer] = deque()
+        self.hs_pending: deque[HandshakePeer] = deque()
         self.hs_done = 0
         self.hs_failed = 0
         self.hs_last = 0.0  # perf_counter() of the latest completed handshake
@@ -161,32 +169,34 @@ class Peer(asyncio.DatagramProtocol):
 
     __slots__ = (
         "b",
-        "idx",
-        "transport",
-        "node_id",
         "baseline",
-        "workload",
+        "counter",
+        "done",
+        "hist",
+        "hs_at",
         "hs_data",
         "hs_id",
         "hs_tries",
-        "hs_at",
-        "state",
-        "out",
-        "counter",
-        "prefix",
-        "oprefix",
-        "rprefix",
-        "tmpl",
-        "partner",
-        "hist",
-        "done",
-        "retx",
+        "idx",
         "nacks",
+        "node_id",
+        "oprefix",
+        "out",
+        "partner",
+        "prefix",
+        "retx",
+        "rprefix",
+        "state",
+        "tmpl",
+        "transport",
+        "workload",
     )
 
     HS_IDLE, HS_SENT, HS_DONE, HS_FAILED = 0, 1, 2, 3
 
-    def __init__(self, b: Shared, idx: int, node_id: str, run_tag: int, baseline: bool, workload: str) -> None:
+    def __init__(
+        self, b: Shared, idx: int, node_id: str, run_tag: int, baseline: bool, workload: str
+    ) -> None:
         self.b = b
         self.idx = idx
         self.transport: Any = None
@@ -198,7 +208,8 @@ class Peer(asyncio.DatagramProtocol):
         self.hs_tries = 0
         self.hs_at = 0.0
         self.state = Peer.HS_IDLE
-        self.out: dict[bytes, float] = {}
+        # bytes message ids; int sequence numbers for CoalescedDataPeer
+        self.out: dict[Any, float] = {}
         self.counter = 0
         # Message ids: <run tag>-<peer>-4<kind>-8000-<counter>, valid v4-shaped UUIDs, unique
         # per run, cheap to make. Kind 000: envelope, 001: original message, 002: route id.
@@ -536,7 +547,12 @@ class CoalescedDataPeer(_SeqDataSender):
         if type(ranges) is not list:
             return False
         for item in ranges:
-            if type(item) is not list or len(item) != 2 or type(item[0]) is not int or type(item[1]) is not int:
+            if (
+                type(item) is not list
+                or len(item) != 2
+                or type(item[0]) is not int
+                or type(item[1]) is not int
+            ):
                 return False
         out = self.out
         hist = self.hist
@@ -585,7 +601,7 @@ class PingPeer(_PingSender):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if data[61:66] == b'Pong"':
             out = self.out
-            for key in out:
+            for key in out:  # noqa: B007 - the first (oldest) key, used below
                 break
             else:
                 self.b.stray += 1

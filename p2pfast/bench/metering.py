@@ -7,6 +7,7 @@ process alone: its utime + stime and its resident memory (current and peak) come
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,6 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _READY_RE = re.compile(r"listening on (\S+):(\d+)")
 
 
-
 def proc_cpu_seconds(pid: int | None) -> float | None:
     """utime + stime of ``pid`` (its own, not its children's), in seconds."""
     if pid is None:
@@ -41,7 +41,7 @@ def proc_cpu_seconds(pid: int | None) -> float | None:
         import psutil
 
         t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
     except Exception:
         return None
 
@@ -61,7 +61,7 @@ def proc_status_kb(pid: int | None, key: str) -> int | None:
         try:
             import psutil
 
-            return psutil.Process(pid).memory_info().rss // 1024
+            return int(psutil.Process(pid).memory_info().rss) // 1024
         except Exception:
             return None
     return None
@@ -87,7 +87,7 @@ class ServerProcess:
         self.name = name
         self.argv = argv
         self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.host = ""
         self.port = 0
         self.ready_line = ""
@@ -122,7 +122,8 @@ class ServerProcess:
                     break
                 last = self._last_line() or "no output"
                 raise BenchError(
-                    f"{self.name} exited with code {self.proc.returncode} before it was ready: {last}"
+                    f"{self.name} exited with code {self.proc.returncode} "
+                    f"before it was ready: {last}"
                 )
             if time.monotonic() > deadline:
                 self.kill()
@@ -150,17 +151,13 @@ class ServerProcess:
     def terminate(self) -> None:
         """Send SIGTERM (non-blocking)."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 self.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:  # pragma: no cover
-                pass
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 self.proc.kill()
-            except ProcessLookupError:  # pragma: no cover
-                pass
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code."""

@@ -24,13 +24,17 @@ def compute_ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if c and p:
         ratios["compiled_over_pure"] = {
             "msgs_per_s": div(c["msgs_per_s"], p["msgs_per_s"]),
-            "server_cpu_us_per_msg": div(c.get("server_cpu_us_per_msg"), p.get("server_cpu_us_per_msg")),
+            "server_cpu_us_per_msg": div(
+                c.get("server_cpu_us_per_msg"), p.get("server_cpu_us_per_msg")
+            ),
             "handshakes_per_s": div(c.get("handshakes_per_s"), p.get("handshakes_per_s")),
         }
     if base:
         ratios["p2pfast_over_baseline"] = {
             label: {
-                "server_cpu_us_per_msg": div(r.get("server_cpu_us_per_msg"), base.get("server_cpu_us_per_msg")),
+                "server_cpu_us_per_msg": div(
+                    r.get("server_cpu_us_per_msg"), base.get("server_cpu_us_per_msg")
+                ),
                 "msgs_per_s": div(r["msgs_per_s"], base["msgs_per_s"]),
             }
             for label, r in by_label.items()
@@ -49,7 +53,8 @@ def median_ratios(per_round: list[dict[str, Any]]) -> dict[str, Any]:
             return {k: merge([v.get(k) for v in present]) for k in keys}
         return round(statistics.median(present), 3) if present else None
 
-    return merge(per_round)
+    medians: dict[str, Any] = merge(per_round)
+    return medians
 
 
 def _fmt(value: Any, spec: str = ",.0f") -> str:
@@ -76,7 +81,9 @@ def format_table(runs: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 impl,
-                r["workload"] if r.get("acks") in (None, "plain") else f"{r['workload']}/{r['acks']}",
+                r["workload"]
+                if r.get("acks") in (None, "plain")
+                else f"{r['workload']}/{r['acks']}",
                 str(r["peers"]),
                 _fmt(r.get("handshakes_per_s")),
                 _fmt(r.get("msgs_per_s")),
@@ -92,16 +99,28 @@ def format_table(runs: list[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines = [
+        "  ".join(
+            h.rjust(w) if i > 1 else h.ljust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i > 1 else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
     return "\n".join(lines)
 
 
 def format_ratios(ratios: dict[str, Any], rounds: int = 1) -> str:
     """The ratios as the lines printed under the table ("" when there are none)."""
-    lines = [f"ratios: median over {rounds} rounds, each taken within its round"] if rounds > 1 else []
+    lines = (
+        [f"ratios: median over {rounds} rounds, each taken within its round"] if rounds > 1 else []
+    )
     cp = ratios.get("compiled_over_pure")
     if cp:
         lines.append(
@@ -111,7 +130,8 @@ def format_ratios(ratios: dict[str, Any], rounds: int = 1) -> str:
         )
     for label, r in (ratios.get("p2pfast_over_baseline") or {}).items():
         lines.append(
-            f"p2pfast({label})/baseline: server CPU per message x{_fmt(r['server_cpu_us_per_msg'], '.2f')}, "
+            f"p2pfast({label})/baseline: "
+            f"server CPU per message x{_fmt(r['server_cpu_us_per_msg'], '.2f')}, "
             f"msgs/s x{_fmt(r['msgs_per_s'], '.2f')}"
         )
     return "\n".join(lines)
@@ -137,9 +157,9 @@ def machine_info() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
     }
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        info["uvloop"] = uvloop.__version__
+        info["uvloop"] = version("uvloop")
     except Exception:  # pragma: no cover
         pass
     try:  # which code was measured (read-only git query; absent outside a checkout)

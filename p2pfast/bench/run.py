@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import random
 import re
 import sys
 import time
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from .common import NETWORK_ID, BenchError
 from .loadgen import (
@@ -147,7 +148,15 @@ class RunSpec:
 class Run:
     """Drives one run inside a uvloop event loop; returns the result dict."""
 
-    def __init__(self, spec: RunSpec, host: str, port: int, server: ServerProcess | None, pid: int | None, progress: Progress) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        host: str,
+        port: int,
+        server: ServerProcess | None,
+        pid: int | None,
+        progress: Progress,
+    ) -> None:
         self.spec = spec
         self.host = host
         self.port = port
@@ -192,7 +201,9 @@ class Run:
                 raise BenchError(f"cannot create peer socket {i + 1}/{spec.peers}: {exc}") from None
             local = peer.transport.get_extra_info("sockname")
             info = {
-                "capabilities": CAPABILITIES_COALESCED if spec.acks == "coalesced" else CAPABILITIES,
+                "capabilities": CAPABILITIES_COALESCED
+                if spec.acks == "coalesced"
+                else CAPABILITIES,
                 "id": node_id,
                 "listen_addr": f"{local[0]}:{local[1]}",
                 "metadata": {},
@@ -208,7 +219,8 @@ class Run:
                 self.progress.show(f"[{spec.label} {spec.tag}] sockets {i + 1}/{spec.peers}")
 
     async def _handshake(self) -> None:
-        spec, b, peers = self.spec, self.b, self.peers
+        spec, b = self.spec, self.b
+        peers = cast("list[HandshakePeer]", self.peers)  # each one is, until the data phase
         label = f"[{spec.label} {spec.tag}]"
         b.hs_pending.extend(peers)
         t0 = perf_counter()
@@ -264,7 +276,9 @@ class Run:
             if now - t0 >= SETTLE_MAX:
                 self.result["settle_timed_out"] = True
                 break
-            self.progress.show(f"[{self.spec.label} {self.spec.tag}] waiting for the server to settle")
+            self.progress.show(
+                f"[{self.spec.label} {self.spec.tag}] waiting for the server to settle"
+            )
         self.progress.clear()
         self.result["settle_seconds"] = round(perf_counter() - t0, 3)
         self.result["server_rss_after_handshake_mb"] = to_mb(proc_status_kb(self.pid, "VmRSS"))
@@ -342,7 +356,11 @@ class Run:
                 )
             else:
                 self.progress.show(f"{label} warm-up")
-            wake = min(next_sweep, t_end if measuring else t_measure, mark["t"] + 1.0 if mark else t_measure)
+            wake = min(
+                next_sweep,
+                t_end if measuring else t_measure,
+                mark["t"] + 1.0 if mark else t_measure,
+            )
             await asyncio.sleep(max(0.0, min(TICK, wake - perf_counter())))
         end = self._snapshot(senders)
         hist = array.array("q", b.hist)
@@ -387,9 +405,13 @@ class Run:
             msgs_per_ack=round(completions / ack_datagrams, 3) if ack_datagrams else None,
             reacked_seqs=b.reacked if spec.acks == "coalesced" else None,
             server_cpu_s=None if server_cpu is None else round(server_cpu, 3),
-            server_cpu_util=None if server_cpu is None or wall <= 0 else round(server_cpu / wall, 3),
+            server_cpu_util=None
+            if server_cpu is None or wall <= 0
+            else round(server_cpu / wall, 3),
             server_cpu_us_per_msg=(
-                round(server_cpu / completions * 1e6, 2) if server_cpu is not None and completions else None
+                round(server_cpu / completions * 1e6, 2)
+                if server_cpu is not None and completions
+                else None
             ),
             msgs_per_server_cpu_s=(
                 round(completions / server_cpu, 1) if server_cpu and completions else None
@@ -466,11 +488,11 @@ def _timeline_point(start: dict[str, Any], prev: dict[str, Any], cur: dict[str, 
 
 
 def _uuid4(rng: random.Random) -> str:
-    h = "%032x" % rng.getrandbits(128)
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
-def _percentiles(hist: array.array, qs: tuple[float, ...]) -> list[float | None]:
+def _percentiles(hist: array.array[int], qs: tuple[float, ...]) -> list[float | None]:
     total = sum(hist)
     if not total:
         return [None] * len(qs)
@@ -532,10 +554,8 @@ def run_one(spec: RunSpec, progress: Progress) -> dict[str, Any]:
         except BaseException:  # Ctrl-C: unwind the run inside the loop, then re-raise
             if not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(BaseException):  # the original exception matters
                     loop.run_until_complete(task)
-                except BaseException:  # noqa: S110 - the original exception matters
-                    pass
             raise
     finally:
         try:
