@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from typing import Any
 
 #: Datagrams per system call in the compiled twin.
@@ -56,7 +57,9 @@ class BatchSender:
         self.family = family
         self._sock: socket.socket | None = None
         self._closed = False
-        if family in (socket.AF_INET, socket.AF_INET6):
+        # Windows: socket handles are no C runtime descriptors (no os.dup), and there is no
+        # sendmmsg to mirror: every pair goes to the transport, as in the compiled twin.
+        if family in (socket.AF_INET, socket.AF_INET6) and sys.platform != "win32":
             # A duplicate descriptor: closing this object never closes the transport's socket.
             self._sock = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(fd))
             self._sock.setblocking(False)
@@ -79,7 +82,7 @@ class BatchSender:
         if self._closed:
             self.blocked = True
             return start
-        sock = self._sock  # None only for a family without IP literals: _target refuses all
+        sock = self._sock  # None for a family without IP literals, and on Windows
         family = self.family
         for i in range(start, len(items)):
             item = items[i]
@@ -89,9 +92,8 @@ class BatchSender:
             if type(data) is not bytes or type(addr) is not tuple or len(addr) < 2:
                 return i
             target = _target(addr[0], addr[1], family)
-            if target is None:
+            if target is None or sock is None:
                 return i
-            assert sock is not None
             while True:
                 self.syscalls += 1
                 try:
