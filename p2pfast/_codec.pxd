@@ -20,3 +20,4 @@ cdef class Message:
 cpdef object decode(object data)
 cdef bytes encode_ack_c(object ack_for, object timestamp, object sender_addr)
 cdef bytes encode_bare_c(object type, object timestamp)
+cdef bytes encode_reply_c(object type, object timestamp, object ack_for)

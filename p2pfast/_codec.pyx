@@ -1051,6 +1051,11 @@ cdef bytes encode_bare_c(object type, object timestamp):
     return _encode(type, b"null", timestamp, None, None, None, False, None)
 
 
+cdef bytes encode_reply_c(object type, object timestamp, object ack_for):
+    """A null-payload message answering ``ack_for`` (a Pong naming its Ping), for Cython."""
+    return _encode(type, b"null", timestamp, None, None, None, False, ack_for)
+
+
 def encode_bare(type, timestamp):
     """Fast path: a message with a null payload and no extras (Ping, Pong, requests)."""
     return _encode(type, b"null", timestamp, None, None, None, False, None)

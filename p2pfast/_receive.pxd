@@ -33,6 +33,8 @@ cdef class Session:
     cdef public double gap_at
     cdef public list pending_acks
     cdef public object pending_ack_id
+    cdef public bint proven          # return path proven (token echoed, or we called it)
+    cdef public long long budget     # bytes we may still send while it is not
 
 
 cdef class Receiver:
@@ -45,7 +47,9 @@ cdef class Receiver:
     cdef public double wall_offset
     cdef public int deliver
     cdef public double ack_now
+    cdef public Py_ssize_t app_limit
+    cdef public Py_ssize_t app_pending
 
     cpdef object receive(self, object data, object addr, double now)
-    cdef void _ack(self, Session peer, object msg_id, int mtype, object seq, object addr, double now) except *
-    cdef void _emit(self, bytes data, object addr, int mtype) except *
+    cdef void _ack(self, Session peer, object msg_id, int mtype, object seq, double now) except *
+    cdef bint _send(self, Session peer, bytes data, int mtype) except -1

@@ -5,6 +5,7 @@ from typing import Any, final
 
 from typing_extensions import disjoint_base
 
+from ._codec import Message
 from ._window import DuplicateFilter
 from .events import DataReceived as DataReceived
 
@@ -14,6 +15,7 @@ T_PING: int
 T_PONG: int
 T_DATA: int
 T_ACK: int
+AMPLIFICATION_FACTOR: int
 DELIVER_COUNT: int
 DELIVER_APP: int
 DELIVER_ENGINE: int
@@ -56,6 +58,8 @@ class Session:
     gap_at: float
     pending_acks: list[int]
     pending_ack_id: str | None
+    proven: bool
+    budget: int
 
 @final
 class Receiver:
@@ -68,6 +72,8 @@ class Receiver:
     wall_offset: float
     deliver: int
     ack_now: float
+    app_limit: int
+    app_pending: int
     def __init__(
         self,
         peers: dict[tuple[str, int], Any],
@@ -81,3 +87,4 @@ class Receiver:
     def receive(
         self, data: bytes, addr: tuple[str, int], now: float
     ) -> tuple[Any, Session | None, bool] | None: ...
+    def ack(self, peer: Session, msg: Message, now: float) -> None: ...

@@ -11,7 +11,7 @@ and the Ack is encoded by a direct call into the codec.
 cimport cython
 from libc.stdint cimport uint64_t
 
-from p2pfast._codec cimport Message, decode, encode_ack_c, encode_bare_c
+from p2pfast._codec cimport Message, decode, encode_ack_c, encode_bare_c, encode_reply_c
 from p2pfast._window cimport DuplicateFilter
 
 from p2pfast._wire import TYPE_NAMES
@@ -29,6 +29,10 @@ cdef enum:
     _T_DATA = 8
     _T_ACK = 11
     _NEW = 0
+    _DUPLICATE = 1
+    _KIND_APP = 1
+    _KIND_ROUTED = 2
+    _KIND_ENGINE = 3
     _DELIVER_COUNT = 0
     _DELIVER_APP = 1
     _DELIVER_ENGINE = 2
@@ -51,6 +55,9 @@ ROUTED_KEYS = frozenset(
     ("destination_node", "source_node", "route_id", "hop_count", "max_hops", "original_message")
 )
 cdef frozenset _ROUTED_KEYS = ROUTED_KEYS
+#: Bytes a node may send to an address whose return path is not proven, per byte received.
+AMPLIFICATION_FACTOR = 3
+cdef long long _AMPLIFICATION = AMPLIFICATION_FACTOR
 cdef object _DataReceived = DataReceived
 cdef double _INF = float("inf")
 
@@ -105,6 +112,8 @@ cdef class Receiver:
         self.wall_offset = wall_offset
         self.deliver = _DELIVER_COUNT
         self.ack_now = 0.0
+        self.app_limit = 0
+        self.app_pending = 0
 
     cpdef object receive(self, object data, object addr, double now):
         """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
@@ -114,13 +123,16 @@ cdef class Receiver:
         cdef Session peer
         cdef DuplicateFilter dup
         cdef object found, seq, payload
-        cdef int mtype
+        cdef int mtype, verdict
+        cdef int kind = 0
         cdef bint gap = False
+        cdef bint app_full
         cdef long long highest
         cdef uint64_t s
         cdef Py_ssize_t n
+        cdef Py_ssize_t size = len(data)
 
-        counters.bytes_in += len(data)
+        counters.bytes_in += size
         msg = <Message>decode(data)
         mtype = msg.type
         _bump(counters.rx_by_type, mtype)
@@ -129,42 +141,76 @@ cdef class Receiver:
             return (msg, None, False)
         peer = <Session?>found
         peer.last_seen = now
+        if not peer.proven:
+            peer.budget += _AMPLIFICATION * size
+        if mtype == _T_DATA:
+            payload = msg.payload
+            kind = _KIND_APP
+            if PyDict_CheckExact(payload):
+                n = len(<dict>payload)
+                if n >= 6 and _ROUTED_KEYS.issubset(payload):
+                    kind = _KIND_ROUTED
+                elif n == 1 and (<dict>payload).get("cmd") == "get_routes":
+                    kind = _KIND_ENGINE
+        app_full = (
+            kind == _KIND_APP
+            and self.deliver == _DELIVER_APP
+            and self.app_limit > 0
+            and self.app_pending >= self.app_limit
+        )
         seq = msg.sequence_number
         if seq is not None and mtype != _T_HANDSHAKE_REQUEST:
             # The decoder guarantees an int in 0..2**32-1.
             s = seq
             dup = peer.dup
+            if app_full and not dup.contains_seq(s):
+                # The application's queue is full: take nothing, the sender will retry.
+                counters.reject("app_busy")
+                return None
             highest = -1 if dup._empty else <long long>dup._highest
-            if dup.check_seq(s) != _NEW:
-                # Acked again (the first Ack may have been lost), never processed twice.
-                counters.duplicates += 1
-                if msg.requires_ack is True:
-                    self._ack(peer, msg.id, mtype, seq, addr, now)
+            verdict = dup.check_seq(s)
+            if verdict != _NEW:
+                if verdict == _DUPLICATE:
+                    # Acked again (the first Ack may have been lost), never processed twice.
+                    counters.duplicates += 1
+                    # (routed Data too: one not taken was forgotten, so this one was taken)
+                    if msg.requires_ack is True:
+                        self._ack(peer, msg.id, mtype, seq, now)
+                else:  # behind the filter: maybe never delivered, so never acknowledged
+                    counters.reject("too_old")
                 return None
             gap = <long long>s > highest + 1 and highest >= 0 and peer.gap_at == _INF
-        if msg.requires_ack is True:
-            self._ack(peer, msg.id, mtype, seq, addr, now)
+        elif app_full:
+            counters.reject("app_busy")
+            return None
+        if msg.requires_ack is True and kind != _KIND_ROUTED:
+            self._ack(peer, msg.id, mtype, seq, now)
         if gap:
             return (msg, peer, True)
-        if mtype == _T_DATA:
+        if kind == _KIND_APP:
             if self.deliver != _DELIVER_ENGINE:
-                payload = msg.payload
-                if PyDict_CheckExact(payload):
-                    n = len(<dict>payload)
-                    if n >= 6 and _ROUTED_KEYS.issubset(payload):
-                        return (msg, peer, False)
-                    if n == 1 and (<dict>payload).get("cmd") == "get_routes":
-                        return (msg, peer, False)
                 counters.delivered += 1
                 if self.deliver == _DELIVER_APP:
-                    self.events.append(_DataReceived(peer.node_id, payload, msg.id, None, 0))
+                    self.app_pending += 1
+                    self.events.append(_DataReceived(peer.node_id, msg.payload, msg.id, None, 0))
                 return None
-        elif mtype == _T_PING:
-            self._emit(encode_bare_c(_T_PONG, <long long>(now + self.wall_offset)), addr, _T_PONG)
+        elif mtype == _T_PING and msg.payload is None:
+            if peer.p2pfast:  # name the Ping answered, so overlapping pings are told apart
+                self._send(
+                    peer,
+                    encode_reply_c(_T_PONG, <long long>(now + self.wall_offset), msg.id),
+                    _T_PONG,
+                )
+            else:
+                self._send(peer, encode_bare_c(_T_PONG, <long long>(now + self.wall_offset)), _T_PONG)
             return None
         return (msg, peer, False)
 
-    cdef void _ack(self, Session peer, object msg_id, int mtype, object seq, object addr, double now) except *:
+    def ack(self, Session peer, Message msg, double now):
+        """Acknowledge ``msg`` from ``peer`` (the engine's call for routed Data it accepted)."""
+        self._ack(peer, msg.id, msg.type, msg.sequence_number, now)
+
+    cdef void _ack(self, Session peer, object msg_id, int mtype, object seq, double now) except *:
         cdef list pending
         if peer.p2pfast and seq is not None and mtype != _T_HANDSHAKE_REQUEST:
             # Owed to the next coalesced Ack (Node.flush_acks).
@@ -174,13 +220,20 @@ cdef class Receiver:
             pending.append(seq)
             peer.pending_ack_id = msg_id
             self.ack_now = now
-        else:
-            self._emit(
-                encode_ack_c(msg_id, <long long>(now + self.wall_offset), self.local_addr), addr, _T_ACK
-            )
+        elif self._send(
+            peer, encode_ack_c(msg_id, <long long>(now + self.wall_offset), self.local_addr), _T_ACK
+        ):
             self.counters.acks_sent += 1
 
-    cdef void _emit(self, bytes data, object addr, int mtype) except *:
-        self.out.append((data, addr))
+    cdef bint _send(self, Session peer, bytes data, int mtype) except -1:
+        """Queue ``data`` to ``peer`` unless its address is unproven and the budget is spent."""
+        cdef Py_ssize_t size = len(data)
+        if not peer.proven:
+            if size > peer.budget:
+                self.counters.reject("amplification_limit")
+                return False
+            peer.budget -= size
+        self.out.append((data, peer.addr))
         _bump(self.counters.tx_by_type, mtype)
-        self.counters.bytes_out += len(data)
+        self.counters.bytes_out += size
+        return True

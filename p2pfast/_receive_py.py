@@ -8,7 +8,15 @@ does what every datagram needs and finishes the two commonest ones by itself:
   acked again, counted, and not processed further), note a gap in the numbering;
 * acknowledge it when asked: one Ack datagram now, or, for a p2pfast peer, a sequence number
   owed to the next coalesced Ack (``Node.flush_acks``);
-* finish in-order application Data (deliver or count it) and Ping (answer Pong).
+* finish in-order application Data (deliver or count it) and Ping (answer Pong);
+* keep the anti-amplification budget of a session whose address is not proven (every byte
+  received from it allows ``AMPLIFICATION_FACTOR`` bytes to it; replies beyond are dropped);
+* hold back new application Data while the application's queue is full (``app_limit``): it
+  is neither recorded nor acknowledged, so the sender retransmits it later;
+* never acknowledge a number that fell behind the duplicate filter (``TOO_OLD``): it may not
+  have been delivered, and an Ack would make the sender forget it.
+
+Routed Data is acknowledged by the engine once it has decided what to do with it.
 
 Everything else is handed back to the engine's handlers as ``(message, session, gap)``; the
 session is ``None`` for an address without one. The receiver holds references to the node's
@@ -20,8 +28,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ._codec_py import decode, encode_ack, encode_bare
-from ._window_py import NEW, DuplicateFilter
+from ._codec_py import decode, encode_ack, encode_bare, encode_raw
+from ._window_py import DUPLICATE, NEW, DuplicateFilter
 from ._wire import TYPE_NAMES
 from .events import DataReceived
 
@@ -40,7 +48,13 @@ DELIVER_ENGINE = 2  # hand it to the engine (echo mode)
 ROUTED_KEYS = frozenset(
     ("destination_node", "source_node", "route_id", "hop_count", "max_hops", "original_message")
 )
+#: Bytes a node may send to an address whose return path is not proven, per byte received.
+AMPLIFICATION_FACTOR = 3
 _INF = float("inf")
+#: What a Data payload is (decided before anything is recorded).
+_APP = 1
+_ROUTED = 2
+_ENGINE = 3
 
 
 class Counters:
@@ -104,7 +118,18 @@ COUNTER_FIELDS = tuple(n for n in Counters.__slots__ if n not in ("rx_by_type", 
 class Session:
     """Receive-side state of a handshaken peer (``peer.Peer`` adds the rest)."""
 
-    __slots__ = ("addr", "node_id", "p2pfast", "last_seen", "dup", "gap_at", "pending_acks", "pending_ack_id")
+    __slots__ = (
+        "addr",
+        "node_id",
+        "p2pfast",
+        "last_seen",
+        "dup",
+        "gap_at",
+        "pending_acks",
+        "pending_ack_id",
+        "proven",
+        "budget",
+    )
 
     addr: tuple
     node_id: str
@@ -114,12 +139,28 @@ class Session:
     gap_at: float
     pending_acks: list[int]
     pending_ack_id: str
+    #: The peer's address is proven (it echoed our token, or we contacted it first).
+    proven: bool
+    #: Bytes we may still send to an unproven address (3x what it sent, less what we sent).
+    budget: int
 
 
 class Receiver:
     """The first stage of ``Node.receive_datagram`` (see the module docstring)."""
 
-    __slots__ = ("peers", "counters", "out", "events", "ack_peers", "local_addr", "wall_offset", "deliver", "ack_now")
+    __slots__ = (
+        "peers",
+        "counters",
+        "out",
+        "events",
+        "ack_peers",
+        "local_addr",
+        "wall_offset",
+        "deliver",
+        "ack_now",
+        "app_limit",
+        "app_pending",
+    )
 
     def __init__(
         self,
@@ -141,6 +182,10 @@ class Receiver:
         self.deliver = DELIVER_COUNT
         #: ``now`` of the latest datagram that left an Ack owed (its timestamp).
         self.ack_now = 0.0
+        #: Messages the application may hold undelivered to its consumer (0: no limit), and
+        #: how many it holds (the engine lowers it as the consumer takes them).
+        self.app_limit = 0
+        self.app_pending = 0
 
     def receive(self, data: bytes, addr: tuple, now: float) -> tuple[Any, Session | None, bool] | None:
         """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
@@ -154,37 +199,71 @@ class Receiver:
         if peer is None:
             return (msg, None, False)
         peer.last_seen = now
+        if not peer.proven:
+            peer.budget += AMPLIFICATION_FACTOR * len(data)
+        kind = 0
+        if mtype == T_DATA:
+            payload = msg.payload
+            kind = _APP
+            if type(payload) is dict:
+                if len(payload) >= 6 and ROUTED_KEYS.issubset(payload):
+                    kind = _ROUTED
+                elif len(payload) == 1 and payload.get("cmd") == "get_routes":
+                    kind = _ENGINE
+        app_full = (
+            kind == _APP
+            and self.deliver == DELIVER_APP
+            and self.app_limit > 0
+            and self.app_pending >= self.app_limit
+        )
         seq = msg.sequence_number
         gap = False
         if seq is not None and mtype != T_HANDSHAKE_REQUEST:
             dup = peer.dup
+            if app_full and not dup.contains(seq):
+                # The application's queue is full: take nothing, the sender will retry.
+                counters.reject("app_busy")
+                return None
             highest = dup.highest
-            if dup.check(seq) != NEW:
-                # Acked again (the first Ack may have been lost), never processed twice.
-                counters.duplicates += 1
-                if msg.requires_ack:
-                    self._ack(peer, msg, seq, addr, now)
+            verdict = dup.check(seq)
+            if verdict != NEW:
+                if verdict == DUPLICATE:
+                    # Acked again (the first Ack may have been lost), never processed twice.
+                    counters.duplicates += 1
+                    # (routed Data too: one not taken was forgotten, so this one was taken)
+                    if msg.requires_ack:
+                        self._ack(peer, msg, seq, addr, now)
+                else:  # behind the filter: maybe never delivered, so never acknowledged
+                    counters.reject("too_old")
                 return None
             gap = seq > highest + 1 and highest >= 0 and peer.gap_at == _INF
-        if msg.requires_ack:
+        elif app_full:
+            counters.reject("app_busy")
+            return None
+        if msg.requires_ack and kind != _ROUTED:
             self._ack(peer, msg, seq, addr, now)
         if gap:
             return (msg, peer, True)
-        if mtype == T_DATA:
+        if kind == _APP:
             if self.deliver != DELIVER_ENGINE:
-                payload = msg.payload
-                if type(payload) is not dict or not (
-                    (len(payload) >= 6 and ROUTED_KEYS.issubset(payload))
-                    or (len(payload) == 1 and payload.get("cmd") == "get_routes")
-                ):
-                    counters.delivered += 1
-                    if self.deliver == DELIVER_APP:
-                        self.events.append(DataReceived(peer.node_id, payload, msg.id, None, 0))
-                    return None
-        elif mtype == T_PING:
-            self._emit(encode_bare(T_PONG, int(now + self.wall_offset)), addr, T_PONG)
+                counters.delivered += 1
+                if self.deliver == DELIVER_APP:
+                    self.app_pending += 1
+                    self.events.append(DataReceived(peer.node_id, msg.payload, msg.id, None, 0))
+                return None
+        elif mtype == T_PING and msg.payload is None:
+            ts = int(now + self.wall_offset)
+            if peer.p2pfast:  # name the Ping answered, so overlapping pings are told apart
+                pong = encode_raw(T_PONG, b"null", ts, None, None, None, False, msg.id)
+            else:
+                pong = encode_bare(T_PONG, ts)
+            self._send(peer, pong, T_PONG)
             return None
         return (msg, peer, False)
+
+    def ack(self, peer: Session, msg: Any, now: float) -> None:
+        """Acknowledge ``msg`` from ``peer`` (the engine's call for routed Data it accepted)."""
+        self._ack(peer, msg, msg.sequence_number, peer.addr, now)
 
     def _ack(self, peer: Session, msg: Any, seq: int | None, addr: tuple, now: float) -> None:
         if peer.p2pfast and seq is not None and msg.type != T_HANDSHAKE_REQUEST:
@@ -196,11 +275,18 @@ class Receiver:
             peer.pending_ack_id = msg.id
             self.ack_now = now
         else:
-            self._emit(encode_ack(msg.id, int(now + self.wall_offset), self.local_addr), addr, T_ACK)
-            self.counters.acks_sent += 1
+            if self._send(peer, encode_ack(msg.id, int(now + self.wall_offset), self.local_addr), T_ACK):
+                self.counters.acks_sent += 1
 
-    def _emit(self, data: bytes, addr: tuple, mtype: int) -> None:
-        self.out.append((data, addr))
+    def _send(self, peer: Session, data: bytes, mtype: int) -> bool:
+        """Queue ``data`` to ``peer`` unless its address is unproven and the budget is spent."""
+        if not peer.proven:
+            if len(data) > peer.budget:
+                self.counters.reject("amplification_limit")
+                return False
+            peer.budget -= len(data)
+        self.out.append((data, peer.addr))
         counters = self.counters
         counters.tx_by_type[mtype] += 1
         counters.bytes_out += len(data)
+        return True

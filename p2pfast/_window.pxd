@@ -26,9 +26,11 @@ cdef class _InFlight:
     cdef readonly object seq
     cdef readonly object msg_id
     cdef readonly object data
-    cdef readonly double sent_at
+    cdef readonly double sent_at      # first transmission (RTT samples)
+    cdef readonly double last_sent    # latest transmission (explicit resends are paced from it)
     cdef readonly double deadline
-    cdef readonly long retries
+    cdef readonly long retries        # timeouts so far: this message's backoff exponent
+    cdef readonly bint ambiguous      # sent more than once: no RTT sample (Karn)
 
 
 cdef class SendWindow:
@@ -40,9 +42,15 @@ cdef class SendWindow:
     cdef public double srtt
     cdef public double rttvar
     cdef public double rto
+    cdef public Py_ssize_t max_span
+    cdef public long backoff    # backoff exponent for messages sent now (0 after any ack)
+    cdef public unsigned long long work  # entries examined (bounded-work tests)
     cdef bint _sampled          # an RTT sample has been taken (RFC 6298 2.2 vs 2.3)
     cdef dict _by_seq           # seq -> _InFlight, in send order
     cdef dict _by_id            # msg_id -> _InFlight
+    cdef list _order            # min-heap of sequence numbers in flight, lazily pruned
     cdef double _earliest       # lower bound of every deadline in the window
 
     cdef void _sample(self, double rtt) noexcept
+    cdef double _timeout(self, long retries) noexcept
+    cdef void _acked(self, _InFlight entry, double now) noexcept

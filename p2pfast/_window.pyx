@@ -31,6 +31,11 @@ cdef extern from "Python.h":
     bint PyLong_Check(object)
     object PyNumber_Index(object)
 
+from libc.math cimport ldexp
+
+from bisect import bisect_right
+from heapq import heappop, heappush
+
 from p2pfast.errors import WindowFull
 
 cdef extern from *:
@@ -223,6 +228,21 @@ cdef class DuplicateFilter:
             return False
         return self.contains_seq(s)
 
+    def discard(self, seq):
+        """Forget that ``seq`` was seen (a message taken back before it was acknowledged, so
+        that its retransmission counts as new). Numbers outside the window are ignored."""
+        cdef uint64_t s, pos
+        if not PyLong_Check(seq):
+            seq = PyNumber_Index(seq)
+        try:
+            s = seq
+        except OverflowError:
+            return
+        if self._empty or s > self._highest or self._highest - s >= <uint64_t>self.width:
+            return
+        pos = s & self._mask
+        self._words[pos >> 6] &= ~(_ONE << (pos & 63))
+
     def missing(self, Py_ssize_t limit=64):
         """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
         oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
@@ -276,19 +296,35 @@ cdef class _InFlight:
     pass
 
 
+#: Backoff exponents are capped here (2**16 times the RTO is far beyond any ``rto_max``).
+MAX_BACKOFF = 16
+cdef long _MAX_BACKOFF = 16
+
+
 cdef class SendWindow:
     """Messages sent with ``requires_ack`` that are not yet acknowledged, for one peer.
 
-    The retransmission timeout follows RFC 6298: SRTT/RTTVAR smoothing from RTT samples,
-    Karn's rule (no sample from a message that was sent more than once), exponential backoff
-    on every timeout, bounded by ``rto_min``/``rto_max``. A message that times out after
-    ``max_retries`` retransmissions fails. At ``capacity`` messages the window is full and
-    :meth:`add` raises :class:`~p2pfast.errors.WindowFull` (backpressure).
+    The retransmission timeout follows RFC 6298 for the estimate (SRTT/RTTVAR from RTT
+    samples, Karn's rule: no sample from a message sent more than once, bounded by
+    ``rto_min``/``rto_max``) and RFC 9002 for the backoff, which belongs to each message: a
+    message that timed out ``k`` times waits ``rto * 2**k`` (at most ``rto_max``) before its
+    next retransmission, while ``rto`` itself only ever moves with samples. Messages sent
+    while the path is silent start at the window's ``backoff`` (the highest retry count in
+    flight); any acknowledgement collapses it to 0, so the timer is back at the path's RTO as
+    soon as the path answers again. A message that times out after ``max_retries``
+    retransmissions fails.
+
+    Two limits make :meth:`add` raise :class:`~p2pfast.errors.WindowFull` (backpressure):
+    ``capacity`` messages in flight, and ``max_span``: the newest sequence number may not run
+    ``max_span`` or more ahead of the oldest one still unacknowledged, so that a retransmission
+    of the oldest always lands inside the receiver's duplicate filter (which must be at least
+    ``max_span`` wide) and is never mistaken there for an old duplicate.
     """
 
     def __cinit__(self, *args, **kwargs):
         self._by_seq = {}
         self._by_id = {}
+        self._order = []
         self._earliest = _INF
 
     def __init__(
@@ -299,6 +335,7 @@ cdef class SendWindow:
         double rto_min=0.2,
         double rto_max=60.0,
         double granularity=0.001,
+        Py_ssize_t max_span=1024,
     ):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -306,11 +343,14 @@ cdef class SendWindow:
             raise ValueError("max_retries must be non-negative")
         if not (0 < rto_min and rto_min <= rto_max):
             raise ValueError("need 0 < rto_min <= rto_max")
+        if max_span < 1:
+            raise ValueError("max_span must be at least 1")
         self.capacity = capacity
         self.max_retries = max_retries
         self.rto_min = rto_min
         self.rto_max = rto_max
         self.granularity = granularity
+        self.max_span = max_span
         self.srtt = 0.0  # 0.0 until the first sample
         self.rttvar = 0.0
         self._sampled = False
@@ -320,16 +360,28 @@ cdef class SendWindow:
         if rto_max < rto_initial:
             rto_initial = rto_max
         self.rto = rto_initial
+        self.backoff = 0
+        self.work = 0
         self._by_seq = {}
         self._by_id = {}
+        self._order = []
         self._earliest = _INF
 
     def __reduce__(self):
         # Picklable/copyable like the pure twin (a non-trivial __cinit__ rules out Cython's own).
         cdef _InFlight e
-        entries = [(e.seq, e.msg_id, e.data, e.sent_at, e.deadline, e.retries) for e in self._by_seq.values()]
-        params = (self.capacity, self.max_retries, self.rto, self.rto_min, self.rto_max, self.granularity)
-        state = (self.srtt, self.rttvar, self.rto, self._sampled, self._earliest, entries)
+        entries = [
+            (e.seq, e.msg_id, e.data, e.sent_at, e.last_sent, e.deadline, e.retries, e.ambiguous)
+            for e in self._by_seq.values()
+        ]
+        params = (
+            self.capacity, self.max_retries, self.rto, self.rto_min, self.rto_max,
+            self.granularity, self.max_span,
+        )
+        state = (
+            self.srtt, self.rttvar, self.rto, self._sampled, self._earliest, self.backoff,
+            self.work, entries,
+        )
         return _restore_send, (params, state)
 
     def __len__(self):
@@ -347,34 +399,64 @@ cdef class SendWindow:
     def full(self):
         return PyDict_Size(self._by_seq) >= self.capacity
 
+    cdef double _timeout(self, long retries) noexcept:
+        cdef double t
+        if retries > _MAX_BACKOFF:
+            retries = _MAX_BACKOFF
+        t = ldexp(self.rto, <int>retries)  # rto * 2**retries, exact
+        return self.rto_max if self.rto_max < t else t
+
+    def timeout(self, long retries):
+        """How long a message that timed out ``retries`` times waits: ``rto * 2**retries``,
+        at most ``rto_max``."""
+        return self._timeout(retries)
+
+    def oldest(self):
+        """The lowest sequence number in flight, -1 when nothing is."""
+        cdef list order = self._order
+        cdef dict by_seq = self._by_seq
+        while order and order[0] not in by_seq:
+            heappop(order)
+        return order[0] if order else -1
+
+    def blocked(self, seq):
+        """True when :meth:`add` of ``seq`` would raise WindowFull (capacity or span)."""
+        if PyDict_Size(self._by_seq) >= self.capacity:
+            return True
+        oldest = self.oldest()
+        return oldest >= 0 and seq - oldest >= self.max_span
+
     def add(self, seq, msg_id, data, double now):
-        """Track a message just sent; raise WindowFull at capacity, ValueError if ``seq`` or ``msg_id`` is already in flight."""
+        """Track a message just sent; raise WindowFull at capacity or when ``seq`` would be
+        ``max_span`` or more ahead of the oldest in flight, ValueError if ``seq`` or ``msg_id``
+        is already in flight."""
         cdef dict by_seq = self._by_seq
         cdef dict by_id = self._by_id
         cdef _InFlight entry
         cdef double deadline
-        cdef bint found
         if PyDict_Size(by_seq) >= self.capacity:
             raise WindowFull(f"{self.capacity} messages awaiting acknowledgement")
-        deadline = now + self.rto
+        if seq in by_seq or msg_id in by_id:
+            raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
+        oldest = self.oldest()
+        if oldest >= 0 and seq - oldest >= self.max_span:
+            raise WindowFull(
+                f"sequence number {seq} is {self.max_span} or more ahead of {oldest}, "
+                "the oldest awaiting acknowledgement"
+            )
+        deadline = now + self._timeout(self.backoff)
         entry = _InFlight.__new__(_InFlight)
         entry.seq = seq
         entry.msg_id = msg_id
         entry.data = data
         entry.sent_at = now
+        entry.last_sent = now
         entry.deadline = deadline
         entry.retries = 0
-        # Insert-if-absent: one hash lookup per dict instead of a membership test plus a store.
-        if PyDict_SetDefault(by_seq, seq, entry) is not <PyObject*>entry:
-            raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
-        try:
-            found = PyDict_SetDefault(by_id, msg_id, entry) is not <PyObject*>entry
-        except BaseException:  # e.g. an unhashable id: leave the window as it was
-            del by_seq[seq]
-            raise
-        if found:
-            del by_seq[seq]
-            raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
+        entry.ambiguous = False
+        by_seq[seq] = entry
+        by_id[msg_id] = entry
+        heappush(self._order, seq)
         if deadline < self._earliest:
             self._earliest = deadline
 
@@ -386,8 +468,7 @@ cdef class SendWindow:
             return -1
         entry = <_InFlight>found
         del self._by_seq[entry.seq]
-        if entry.retries == 0:  # Karn's rule: only unambiguous samples
-            self._sample(now - entry.sent_at)
+        self._acked(entry, now)
         return entry.seq
 
     def on_ack_seq(self, seq, double now):
@@ -398,9 +479,52 @@ cdef class SendWindow:
             return None
         entry = <_InFlight>found
         del self._by_id[entry.msg_id]
-        if entry.retries == 0:  # Karn's rule: only unambiguous samples
-            self._sample(now - entry.sent_at)
+        self._acked(entry, now)
         return entry.msg_id
+
+    def on_ack_ranges(self, list ranges, double now):
+        """Acknowledge every sequence number in the inclusive ``(lo, hi)`` ranges; return the
+        ids acknowledged, in the order found.
+
+        The cost is bounded by what is in flight, not by the ranges: when the ranges cover
+        more numbers than the window holds, the window is walked once instead."""
+        cdef dict by_seq = self._by_seq
+        cdef list acked = []
+        cdef list merged, los
+        cdef object found
+        cdef _InFlight entry
+        cdef Py_ssize_t i
+        total = 0
+        for lo, hi in ranges:
+            if hi >= lo:
+                total += hi - lo + 1
+        if total <= PyDict_Size(by_seq):
+            for lo, hi in ranges:
+                for seq in range(lo, hi + 1):
+                    self.work += 1
+                    found = by_seq.pop(seq, None)
+                    if found is not None:
+                        entry = <_InFlight>found
+                        del self._by_id[entry.msg_id]
+                        self._acked(entry, now)
+                        acked.append(entry.msg_id)
+            return acked
+        merged = _merge(ranges)
+        los = [r[0] for r in merged]
+        for seq in list(by_seq):
+            self.work += 1
+            i = bisect_right(los, seq) - 1
+            if i >= 0 and seq <= merged[i][1]:
+                entry = <_InFlight>by_seq.pop(seq)
+                del self._by_id[entry.msg_id]
+                self._acked(entry, now)
+                acked.append(entry.msg_id)
+        return acked
+
+    cdef void _acked(self, _InFlight entry, double now) noexcept:
+        self.backoff = 0  # the path answers: new messages start at the plain RTO again
+        if not entry.ambiguous:  # Karn's rule: only unambiguous samples
+            self._sample(now - entry.sent_at)
 
     cdef void _sample(self, double rtt) noexcept:
         cdef double rto, var4
@@ -431,14 +555,21 @@ cdef class SendWindow:
 
     def resend(self, seq, double now):
         """Take the datagram under ``seq`` for an explicit retransmission (a peer's Retransmit
-        request): it counts as retransmitted for Karn's rule and its timer restarts."""
+        request), or None when it is not in flight or was sent less than one smoothed RTT ago
+        (the peer cannot know yet whether that copy arrived). A resent message counts as
+        retransmitted for Karn's rule and its timer restarts; it does not use up a retry."""
         cdef object found = self._by_seq.get(seq)
         cdef _InFlight entry
+        cdef double pace = self.srtt if self.srtt > self.granularity else self.granularity
+        self.work += 1
         if found is None:
             return None
         entry = <_InFlight>found
-        entry.retries += 1
-        entry.deadline = now + self.rto
+        if now - entry.last_sent < pace:
+            return None
+        entry.ambiguous = True
+        entry.last_sent = now
+        entry.deadline = now + self._timeout(entry.retries)
         if entry.deadline < self._earliest:
             self._earliest = entry.deadline
         return entry.data
@@ -450,43 +581,43 @@ cdef class SendWindow:
     def due(self, double now):
         """Timeouts at ``now``: ``(resend, failed)``.
 
-        ``resend`` lists ``(seq, datagram)`` to send again; ``failed`` lists ``(seq, msg_id)`` of
-        messages that used up their retries and left the window. Any timeout doubles the RTO.
+        ``resend`` lists ``(seq, datagram)`` to send again, each message backing off on its
+        own; ``failed`` lists ``(seq, msg_id)`` of messages that used up their retries and
+        left the window.
         """
-        cdef list resend, failed, expired
+        cdef list resend, failed
         cdef _InFlight entry
-        cdef double earliest, rto, deadline
+        cdef double earliest
+        cdef long backoff
         cdef dict by_seq = self._by_seq
         if now < self._earliest or PyDict_Size(by_seq) == 0:
             return [], []
         resend = []
         failed = []
-        expired = []
-        earliest = _INF  # over the entries that stay untouched
-        for value in by_seq.values():
+        earliest = _INF
+        backoff = self.backoff
+        for value in list(by_seq.values()):
             entry = <_InFlight>value
-            if entry.deadline <= now:
-                expired.append(entry)
-            elif entry.deadline < earliest:
+            self.work += 1
+            if entry.deadline > now:
+                if entry.deadline < earliest:
+                    earliest = entry.deadline
+                continue
+            if entry.retries >= self.max_retries:
+                del by_seq[entry.seq]
+                del self._by_id[entry.msg_id]
+                failed.append((entry.seq, entry.msg_id))
+                continue
+            entry.retries += 1
+            entry.ambiguous = True
+            entry.last_sent = now
+            entry.deadline = now + self._timeout(entry.retries)
+            if entry.deadline < earliest:
                 earliest = entry.deadline
-        if expired:
-            rto = self.rto * 2.0
-            if self.rto_max < rto:
-                rto = self.rto_max
-            self.rto = rto
-            deadline = now + rto
-            for value in expired:
-                entry = <_InFlight>value
-                if entry.retries >= self.max_retries:
-                    del by_seq[entry.seq]
-                    del self._by_id[entry.msg_id]
-                    failed.append((entry.seq, entry.msg_id))
-                else:
-                    entry.retries += 1
-                    entry.deadline = deadline
-                    resend.append((entry.seq, entry.data))
-            if resend and deadline < earliest:
-                earliest = deadline
+            if entry.retries > backoff:
+                backoff = entry.retries if entry.retries < _MAX_BACKOFF else _MAX_BACKOFF
+            resend.append((entry.seq, entry.data))
+        self.backoff = backoff
         self._earliest = earliest
         return resend, failed
 
@@ -495,23 +626,40 @@ cdef class SendWindow:
         cdef list dropped = [((<_InFlight>e).seq, (<_InFlight>e).msg_id) for e in self._by_seq.values()]
         self._by_seq.clear()
         self._by_id.clear()
+        del self._order[:]
         self._earliest = _INF
         return dropped
+
+
+@cython.wraparound(True)
+cdef list _merge(list ranges):
+    """Sorted, non-overlapping union of the inclusive ``(lo, hi)`` ranges (empty ones dropped)."""
+    cdef list merged = []
+    for lo, hi in sorted([r for r in ranges if r[1] >= r[0]]):
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _restore_send(params, state):
     """Unpickle a :class:`SendWindow` (see ``SendWindow.__reduce__``)."""
     cdef SendWindow sw = SendWindow(*params)
     cdef _InFlight entry
-    sw.srtt, sw.rttvar, sw.rto, sw._sampled, sw._earliest, entries = state
-    for seq, msg_id, data, sent_at, deadline, retries in entries:
+    sw.srtt, sw.rttvar, sw.rto, sw._sampled, sw._earliest, sw.backoff, sw.work, entries = state
+    for seq, msg_id, data, sent_at, last_sent, deadline, retries, ambiguous in entries:
         entry = _InFlight.__new__(_InFlight)
         entry.seq = seq
         entry.msg_id = msg_id
         entry.data = data
         entry.sent_at = sent_at
+        entry.last_sent = last_sent
         entry.deadline = deadline
         entry.retries = retries
+        entry.ambiguous = ambiguous
         sw._by_seq[seq] = entry
         sw._by_id[msg_id] = entry
+        heappush(sw._order, seq)
     return sw

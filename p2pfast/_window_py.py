@@ -6,6 +6,9 @@ clock: every time-dependent call takes ``now`` (seconds, any monotonic origin).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from heapq import heappop, heappush
+
 from .errors import WindowFull
 
 #: ``DuplicateFilter.check`` results.
@@ -74,6 +77,13 @@ class DuplicateFilter:
             return False
         return bool(self._bits >> offset & 1)
 
+    def discard(self, seq: int) -> None:
+        """Forget that ``seq`` was seen (a message taken back before it was acknowledged, so
+        that its retransmission counts as new). Numbers outside the window are ignored."""
+        offset = self._highest - seq
+        if 0 <= seq and 0 <= offset < self.width:
+            self._bits &= ~(1 << offset)
+
     def missing(self, limit: int = 64) -> list[int]:
         """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
         oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
@@ -92,25 +102,41 @@ class DuplicateFilter:
 
 
 class _InFlight:
-    __slots__ = ("seq", "msg_id", "data", "sent_at", "deadline", "retries")
+    __slots__ = ("seq", "msg_id", "data", "sent_at", "last_sent", "deadline", "retries", "ambiguous")
 
     def __init__(self, seq: int, msg_id: str, data: bytes, now: float, deadline: float) -> None:
         self.seq = seq
         self.msg_id = msg_id
         self.data = data
-        self.sent_at = now
+        self.sent_at = now  # first transmission (RTT samples)
+        self.last_sent = now  # latest transmission (explicit resends are paced from it)
         self.deadline = deadline
-        self.retries = 0
+        self.retries = 0  # timeouts so far: this message's own backoff exponent
+        self.ambiguous = False  # sent more than once: Karn's rule takes no sample from it
+
+
+#: Backoff exponents are capped here (2**16 times the RTO is far beyond any ``rto_max``).
+MAX_BACKOFF = 16
 
 
 class SendWindow:
     """Messages sent with ``requires_ack`` that are not yet acknowledged, for one peer.
 
-    The retransmission timeout follows RFC 6298: SRTT/RTTVAR smoothing from RTT samples,
-    Karn's rule (no sample from a message that was sent more than once), exponential backoff
-    on every timeout, bounded by ``rto_min``/``rto_max``. A message that times out after
-    ``max_retries`` retransmissions fails. At ``capacity`` messages the window is full and
-    :meth:`add` raises :class:`~p2pfast.errors.WindowFull` (backpressure).
+    The retransmission timeout follows RFC 6298 for the estimate (SRTT/RTTVAR from RTT
+    samples, Karn's rule: no sample from a message sent more than once, bounded by
+    ``rto_min``/``rto_max``) and RFC 9002 for the backoff, which belongs to each message: a
+    message that timed out ``k`` times waits ``rto * 2**k`` (at most ``rto_max``) before its
+    next retransmission, while ``rto`` itself only ever moves with samples. Messages sent
+    while the path is silent start at the window's ``backoff`` (the highest retry count in
+    flight); any acknowledgement collapses it to 0, so the timer is back at the path's RTO as
+    soon as the path answers again. A message that times out after ``max_retries``
+    retransmissions fails.
+
+    Two limits make :meth:`add` raise :class:`~p2pfast.errors.WindowFull` (backpressure):
+    ``capacity`` messages in flight, and ``max_span``: the newest sequence number may not run
+    ``max_span`` or more ahead of the oldest one still unacknowledged, so that a retransmission
+    of the oldest always lands inside the receiver's duplicate filter (which must be at least
+    ``max_span`` wide) and is never mistaken there for an old duplicate.
     """
 
     __slots__ = (
@@ -119,12 +145,16 @@ class SendWindow:
         "rto_min",
         "rto_max",
         "granularity",
+        "max_span",
         "srtt",
         "rttvar",
         "rto",
+        "backoff",
+        "work",
         "_sampled",
         "_by_seq",
         "_by_id",
+        "_order",
         "_earliest",
     )
 
@@ -136,6 +166,7 @@ class SendWindow:
         rto_min: float = 0.2,
         rto_max: float = 60.0,
         granularity: float = 0.001,
+        max_span: int = 1024,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -143,17 +174,26 @@ class SendWindow:
             raise ValueError("max_retries must be non-negative")
         if not 0 < rto_min <= rto_max:
             raise ValueError("need 0 < rto_min <= rto_max")
+        if max_span < 1:
+            raise ValueError("max_span must be at least 1")
         self.capacity = capacity
         self.max_retries = max_retries
         self.rto_min = rto_min
         self.rto_max = rto_max
         self.granularity = granularity
+        self.max_span = max_span
         self.srtt = 0.0  # 0.0 until the first sample
         self.rttvar = 0.0
         self._sampled = False  # not srtt == 0.0: a first sample of 0.0 is still a sample
         self.rto = min(max(rto_initial, rto_min), rto_max)
+        #: Backoff exponent for messages sent now (0 once anything is acknowledged).
+        self.backoff = 0
+        #: Entries examined so far by acknowledgements, requests and timers (a work counter
+        #: that tests use to prove the cost per datagram is bounded).
+        self.work = 0
         self._by_seq: dict[int, _InFlight] = {}
         self._by_id: dict[str, _InFlight] = {}
+        self._order: list[int] = []  # min-heap of sequence numbers, lazily pruned
         self._earliest = _INF  # lower bound of every deadline in the window
 
     def __len__(self) -> int:
@@ -171,16 +211,47 @@ class SendWindow:
     def full(self) -> bool:
         return len(self._by_seq) >= self.capacity
 
+    def timeout(self, retries: int) -> float:
+        """How long a message that timed out ``retries`` times waits: ``rto * 2**retries``,
+        at most ``rto_max``."""
+        if retries > MAX_BACKOFF:
+            retries = MAX_BACKOFF
+        return min(self.rto * (2.0**retries), self.rto_max)
+
+    def oldest(self) -> int:
+        """The lowest sequence number in flight, -1 when nothing is."""
+        order = self._order
+        by_seq = self._by_seq
+        while order and order[0] not in by_seq:
+            heappop(order)
+        return order[0] if order else -1
+
+    def blocked(self, seq: int) -> bool:
+        """True when :meth:`add` of ``seq`` would raise WindowFull (capacity or span)."""
+        if len(self._by_seq) >= self.capacity:
+            return True
+        oldest = self.oldest()
+        return oldest >= 0 and seq - oldest >= self.max_span
+
     def add(self, seq: int, msg_id: str, data: bytes, now: float) -> None:
-        """Track a message just sent; raise WindowFull at capacity, ValueError if ``seq`` or ``msg_id`` is already in flight."""
+        """Track a message just sent; raise WindowFull at capacity or when ``seq`` would be
+        ``max_span`` or more ahead of the oldest in flight, ValueError if ``seq`` or ``msg_id``
+        is already in flight."""
         if len(self._by_seq) >= self.capacity:
             raise WindowFull(f"{self.capacity} messages awaiting acknowledgement")
         if seq in self._by_seq or msg_id in self._by_id:
             raise ValueError(f"sequence number {seq} / id {msg_id} already in flight")
-        deadline = now + self.rto
+        oldest = self.oldest()
+        if oldest >= 0 and seq - oldest >= self.max_span:
+            raise WindowFull(
+                f"sequence number {seq} is {self.max_span} or more ahead of {oldest}, "
+                "the oldest awaiting acknowledgement"
+            )
+        deadline = now + self.timeout(self.backoff)
         entry = _InFlight(seq, msg_id, data, now, deadline)
         self._by_seq[seq] = entry
         self._by_id[msg_id] = entry
+        heappush(self._order, seq)
         if deadline < self._earliest:
             self._earliest = deadline
 
@@ -202,8 +273,43 @@ class SendWindow:
         self._acked(entry, now)
         return entry.msg_id
 
+    def on_ack_ranges(self, ranges: list[tuple[int, int]], now: float) -> list[str]:
+        """Acknowledge every sequence number in the inclusive ``(lo, hi)`` ranges; return the
+        ids acknowledged, in the order found.
+
+        The cost is bounded by what is in flight, not by the ranges: when the ranges cover
+        more numbers than the window holds, the window is walked once instead."""
+        by_seq = self._by_seq
+        acked: list[str] = []
+        total = 0
+        for lo, hi in ranges:
+            if hi >= lo:
+                total += hi - lo + 1
+        if total <= len(by_seq):
+            for lo, hi in ranges:
+                for seq in range(lo, hi + 1):
+                    self.work += 1
+                    entry = by_seq.pop(seq, None)
+                    if entry is not None:
+                        del self._by_id[entry.msg_id]
+                        self._acked(entry, now)
+                        acked.append(entry.msg_id)
+            return acked
+        merged = _merge(ranges)
+        los = [lo for lo, _ in merged]
+        for seq in list(by_seq):
+            self.work += 1
+            i = bisect_right(los, seq) - 1
+            if i >= 0 and seq <= merged[i][1]:
+                entry = by_seq.pop(seq)
+                del self._by_id[entry.msg_id]
+                self._acked(entry, now)
+                acked.append(entry.msg_id)
+        return acked
+
     def _acked(self, entry: _InFlight, now: float) -> None:
-        if entry.retries == 0:  # Karn's rule: only unambiguous samples
+        self.backoff = 0  # the path answers: new messages start at the plain RTO again
+        if not entry.ambiguous:  # Karn's rule: only unambiguous samples
             self._sample(now - entry.sent_at)
 
     def _sample(self, rtt: float) -> None:
@@ -226,12 +332,16 @@ class SendWindow:
 
     def resend(self, seq: int, now: float) -> bytes | None:
         """Take the datagram under ``seq`` for an explicit retransmission (a peer's Retransmit
-        request): it counts as retransmitted for Karn's rule and its timer restarts."""
+        request), or None when it is not in flight or was sent less than one smoothed RTT ago
+        (the peer cannot know yet whether that copy arrived). A resent message counts as
+        retransmitted for Karn's rule and its timer restarts; it does not use up a retry."""
         entry = self._by_seq.get(seq)
-        if entry is None:
+        self.work += 1
+        if entry is None or now - entry.last_sent < max(self.srtt, self.granularity):
             return None
-        entry.retries += 1
-        entry.deadline = now + self.rto
+        entry.ambiguous = True
+        entry.last_sent = now
+        entry.deadline = now + self.timeout(entry.retries)
         if entry.deadline < self._earliest:
             self._earliest = entry.deadline
         return entry.data
@@ -243,29 +353,37 @@ class SendWindow:
     def due(self, now: float) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
         """Timeouts at ``now``: ``(resend, failed)``.
 
-        ``resend`` lists ``(seq, datagram)`` to send again; ``failed`` lists ``(seq, msg_id)`` of
-        messages that used up their retries and left the window. Any timeout doubles the RTO.
+        ``resend`` lists ``(seq, datagram)`` to send again, each message backing off on its
+        own; ``failed`` lists ``(seq, msg_id)`` of messages that used up their retries and
+        left the window.
         """
         if now < self._earliest or not self._by_seq:
             return [], []
-        expired = [e for e in self._by_seq.values() if e.deadline <= now]
         resend: list[tuple[int, bytes]] = []
         failed: list[tuple[int, str]] = []
-        if expired:
-            self.rto = min(self.rto * 2.0, self.rto_max)
-            for entry in expired:
-                if entry.retries >= self.max_retries:
-                    del self._by_seq[entry.seq]
-                    del self._by_id[entry.msg_id]
-                    failed.append((entry.seq, entry.msg_id))
-                else:
-                    entry.retries += 1
-                    entry.deadline = now + self.rto
-                    resend.append((entry.seq, entry.data))
         earliest = _INF
-        for entry in self._by_seq.values():
+        backoff = self.backoff
+        for entry in list(self._by_seq.values()):
+            self.work += 1
+            if entry.deadline > now:
+                if entry.deadline < earliest:
+                    earliest = entry.deadline
+                continue
+            if entry.retries >= self.max_retries:
+                del self._by_seq[entry.seq]
+                del self._by_id[entry.msg_id]
+                failed.append((entry.seq, entry.msg_id))
+                continue
+            entry.retries += 1
+            entry.ambiguous = True
+            entry.last_sent = now
+            entry.deadline = now + self.timeout(entry.retries)
             if entry.deadline < earliest:
                 earliest = entry.deadline
+            if entry.retries > backoff:
+                backoff = min(entry.retries, MAX_BACKOFF)
+            resend.append((entry.seq, entry.data))
+        self.backoff = backoff
         self._earliest = earliest
         return resend, failed
 
@@ -274,5 +392,18 @@ class SendWindow:
         dropped = [(e.seq, e.msg_id) for e in self._by_seq.values()]
         self._by_seq.clear()
         self._by_id.clear()
+        self._order.clear()
         self._earliest = _INF
         return dropped
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping union of the inclusive ``(lo, hi)`` ranges (empty ones dropped)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[1] >= r[0]):
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged

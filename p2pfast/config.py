@@ -59,8 +59,11 @@ class Config:
     #: Bounded cache of routed-message ids already seen.
     route_cache_size: int = 65_536
     route_cache_ttl: float = 300.0
-    #: Bounded routing table (routes learned from discovery).
+    #: Bounded routing table (routes learned from discovery), and the share one peer may teach.
     max_routes: int = 65_536
+    max_routes_per_peer: int = 4096
+    #: Seconds an outgoing handshake is retried (with backoff) before it fails.
+    connect_timeout: float = 10.0
     #: Seconds between one-line statistics in the log (0 = never).
     stats_interval: float = 60.0
 
@@ -92,10 +95,12 @@ class Config:
         for key in ("enable_discovery", "echo"):
             if type(getattr(self, key)) is not bool:
                 raise ConfigError(f"{key}: expected true or false, got {getattr(self, key)!r}")
-        if not isinstance(self.network_id, str) or not self.network_id:
-            raise ConfigError("network_id: expected a non-empty string")
-        if self.node_name is not None and (not isinstance(self.node_name, str) or not self.node_name):
-            raise ConfigError("node_name: expected a non-empty string")
+        if not isinstance(self.network_id, str) or not 0 < len(self.network_id) <= 64:
+            raise ConfigError("network_id: expected a non-empty string of at most 64 characters")
+        if self.node_name is not None and (
+            not isinstance(self.node_name, str) or not 0 < len(self.node_name) <= 64
+        ):
+            raise ConfigError("node_name: expected a non-empty string of at most 64 characters")
         if self.node_id is not None:
             from ._codec_py import normalize_uuid
             from .errors import ProtocolError
@@ -123,6 +128,8 @@ class Config:
             raise ConfigError("send_window: must not exceed duplicate_window")
         _positive_int("route_cache_size", self.route_cache_size)
         _positive_int("max_routes", self.max_routes)
+        _positive_int("max_routes_per_peer", self.max_routes_per_peer)
+        _positive_number("connect_timeout", self.connect_timeout)
         if type(self.stats_interval) not in (int, float) or self.stats_interval < 0:
             raise ConfigError("stats_interval: expected a number >= 0")
 

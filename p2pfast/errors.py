@@ -22,7 +22,12 @@ class ProtocolError(P2PError):
 
 
 class WindowFull(P2PError):
-    """The per-peer send window holds its maximum of unacknowledged messages; wait and retry."""
+    """The per-peer send window holds its maximum of unacknowledged messages; wait and retry.
+
+    ``node_id`` names the peer whose window is full (for a routed send, the next hop): the
+    WindowOpened event for that peer says when to retry."""
+
+    node_id: str = ""
 
 
 class ConfigError(P2PError):

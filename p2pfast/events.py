@@ -71,28 +71,38 @@ class WindowOpened(Event):
 
 @dataclass(slots=True)
 class PongReceived(Event):
-    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds."""
+    """A peer answered our :meth:`Node.ping`; ``rtt`` in seconds; ``ping_id`` is the id
+    :meth:`Node.ping` returned for the Ping answered."""
 
     node_id: str
     rtt: float
+    ping_id: str = ""
 
 
 @dataclass(slots=True)
 class PeerListReceived(Event):
     """A peer sent its peer list: ``entries`` are PeerInfo (DiscoveryResponse) or NodeInfo
-    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth."""
+    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth. ``request_id`` is
+    the id :meth:`Node.request_peers` returned for the request answered, None for a list the
+    peer sent unasked (a join broadcast)."""
 
     node_id: str
     entries: list
     full_info: bool
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
 class ConnectFailed(Event):
-    """An outgoing handshake to ``addr`` was refused (``reason`` is the peer's error text) or timed out."""
+    """An outgoing handshake to ``addr`` failed: ``code`` says why (``timeout``,
+    ``network_mismatch``, ``server_full``, ``node_id_taken``, ``invalid_node_info``,
+    ``refused``, ``shutdown``, ``busy``, ``family``), ``reason`` in English, ``peer_text`` the
+    peer's own words when it sent any."""
 
     addr: tuple
     reason: str
+    code: str = "refused"
+    peer_text: str = ""
 
 
 __all__ = [

@@ -8,16 +8,23 @@ application events (:meth:`Node.next_event`) and the time it next wants to be wo
 (:meth:`Node.get_timer`). The uvloop endpoint in :mod:`p2pfast.endpoint` is a thin shell
 around it; tests and the benchmark drive it directly.
 
-Security model (SPEC §6): nothing from an address that has not completed a handshake creates
-state; replies to such an address stay within 3× the bytes it sent; every table is bounded.
+Security model: nothing from an address that has not completed a handshake creates state;
+everything sent to an address whose return path is not proven stays within 3× the bytes
+received from it (cumulatively, as in QUIC); a p2pfast peer proves its address by echoing a
+token from our HandshakeResponse; every table is bounded, no datagram can raise out of the
+engine, and the work one datagram causes is bounded by its size and by what is in flight.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import random
+import secrets
 import time
+import uuid
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ._speedups import codec, receive
 from .addr import format_addr, parse_addr
@@ -35,7 +42,7 @@ from .events import (
     SendFailed,
     WindowOpened,
 )
-from .peer import Peer, validate_node_info
+from .peer import DEFAULT_RX_WINDOW, MAX_OUTSTANDING, RX_WINDOW_KEY, Peer, validate_node_info
 from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
 from .stats import Counters, PeerStats, ServerStats, snapshot
@@ -76,8 +83,10 @@ T_RELAY_DATA = int(MessageType.RelayData)
 PROTOCOL_VERSION = "0.3.0"
 #: Capabilities we announce; ``p2pfast`` marks a peer that speaks this implementation's extensions.
 CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast")
-#: Replies to an address that has not completed a handshake stay within this factor of what it sent.
-AMPLIFICATION_FACTOR = 3
+#: Bytes sent to an address whose return path is not proven stay within this factor of the
+#: bytes received from it (per datagram for addresses without a session, cumulatively for
+#: sessions).
+AMPLIFICATION_FACTOR = receive.AMPLIFICATION_FACTOR
 #: Room left in a datagram for the envelope around a list payload.
 ENVELOPE_OVERHEAD = 256
 #: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
@@ -87,8 +96,16 @@ MAX_ACK_RANGES = 64
 MAX_ACK_RANGE_LEN = 4096
 #: Retransmit requests carry at most this many sequence numbers.
 MAX_RETRANSMIT_REQUEST = 64
-#: Outgoing handshakes: attempts before ConnectFailed.
-CONNECT_ATTEMPTS = 3
+#: Bytes resent on a peer's Retransmit requests: at most this much per request, and on
+#: average per second (a token bucket of one request's worth).
+RESEND_BURST = 256 * 1024
+RESEND_RATE = 1024 * 1024
+#: Outgoing handshakes are retried with exponential backoff up to this interval, until the
+#: caller's deadline.
+CONNECT_RETRY_MAX = 4.0
+#: Length of the anti-amplification token (hex characters) and the longest we echo.
+TOKEN_HEX = 32
+MAX_TOKEN_LEN = 64
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
 _INF = float("inf")
@@ -106,14 +123,43 @@ _REQUEST_TYPES = frozenset(
 _ROUTED_KEYS = receive.ROUTED_KEYS
 
 
-class _PendingConnect:
-    __slots__ = ("msg_id", "data", "attempts", "next_at")
+#: Why a peer refuses a handshake (the ``code`` of its Error), in words for people.
+REFUSAL_REASONS = {
+    "network_mismatch": "the peer is on a different network id",
+    "server_full": "the peer has reached its max_connections",
+    "node_id_taken": "the peer already has a session with this node id",
+    "invalid_node_info": "the peer refused our NodeInfo",
+    "handshake_required": "the peer has no session with this node",
+    "refused": "the peer refused the handshake",
+}
 
-    def __init__(self, msg_id: str, data: bytes, next_at: float) -> None:
+
+def _is_echo(payload: Any) -> bool:
+    """Whether a Data payload is an echo (``{"echo": ..., "timestamp": ...}``): it is never
+    echoed again, so two echoing nodes cannot bounce a message between them."""
+    return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
+
+
+def _guess_refusal(text: str) -> str:
+    """The code of a refusal from a peer that sends none (the Rust server's texts)."""
+    if "网络ID不匹配" in text or "network" in text.lower():
+        return "network_mismatch"
+    if "已存在" in text:
+        return "node_id_taken"
+    if "full" in text.lower() or "已满" in text:
+        return "server_full"
+    return "refused"
+
+
+class _PendingConnect:
+    __slots__ = ("msg_id", "data", "attempts", "next_at", "deadline")
+
+    def __init__(self, msg_id: str, data: bytes, next_at: float, deadline: float) -> None:
         self.msg_id = msg_id
         self.data = data
         self.attempts = 1
         self.next_at = next_at
+        self.deadline = deadline
 
 
 class _LogLimiter:
@@ -126,7 +172,9 @@ class _LogLimiter:
         self._next: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def __call__(self, reason: str, now: float, message: str, *args: Any) -> None:
+    def __call__(
+        self, reason: str, now: float, message: str, *args: Any, exc_info: Any = None
+    ) -> None:
         if now < self._next.get(reason, 0.0):
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
             return
@@ -135,7 +183,7 @@ class _LogLimiter:
         self._next[reason] = now + self.interval
         skipped = self._suppressed.pop(reason, 0)
         suffix = f" ({skipped} more since last report)" if skipped else ""
-        log.warning(message + suffix, *args)
+        log.warning(message + suffix, *args, exc_info=exc_info)
 
 
 class Node:
@@ -148,9 +196,20 @@ class Node:
         now: float,
         local_addr: tuple | None = None,
         wall_offset: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self.node_id: str = config.node_id or new_id()
+        #: Where ids, tokens and random choices come from: a seeded ``rng`` makes a node's
+        #: behaviour reproducible (the simulator); by default, the OS's randomness.
+        self._new_id: Callable[[], str]
+        self._new_token: Callable[[], str]
+        if rng is None:
+            self._new_id = new_id
+            self._new_token = lambda: secrets.token_hex(TOKEN_HEX // 2)
+        else:
+            self._new_id = lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            self._new_token = lambda: "%0*x" % (TOKEN_HEX, rng.getrandbits(TOKEN_HEX * 4))
+        self.node_id: str = config.node_id or self._new_id()
         self.local_addr: tuple = local_addr or parse_addr(config.listen_address)
         self.local_addr_str = format_addr(self.local_addr)
         self.started_at = now
@@ -160,7 +219,11 @@ class Node:
             "capabilities": list(CAPABILITIES),
             "id": self.node_id,
             "listen_addr": self.local_addr_str,
-            "metadata": {},
+            "metadata": (
+                {}
+                if config.duplicate_window == DEFAULT_RX_WINDOW
+                else {RX_WINDOW_KEY: str(config.duplicate_window)}
+            ),
             "name": config.node_name or f"p2p_node_{self.local_addr[1]}",
             "network_id": config.network_id,
             "version": PROTOCOL_VERSION,
@@ -169,9 +232,12 @@ class Node:
 
         self.peers_by_addr: dict[tuple, Peer] = {}
         self.peers_by_id: dict[str, Peer] = {}
-        self.routes = RoutingTable(config.max_routes)
+        self.routes = RoutingTable(config.max_routes, config.max_routes_per_peer)
         self.route_ids = RouteIdCache(config.route_cache_size, config.route_cache_ttl)
         self.counters = Counters()
+        #: Loop iterations spent on hostile-controllable work (lists, ranges, routes) outside
+        #: the send windows' own count: see :attr:`work`.
+        self._work = 0
 
         self._out: list[tuple[bytes, tuple]] = []
         self._events: deque[Event] = deque()
@@ -237,6 +303,36 @@ class Node:
     def app_attached(self, value: bool) -> None:
         self._receiver.deliver = DELIVER_APP if value else DELIVER_ENGINE if self.config.echo else DELIVER_COUNT
 
+    @property
+    def app_queue_limit(self) -> int:
+        """How many delivered messages the application may hold before the node stops taking
+        new Data for it (0: no limit). Beyond it, reliable Data is neither recorded nor
+        acknowledged (its sender retransmits later: backpressure) and unreliable Data is
+        dropped and counted (``rejected["app_busy"]``)."""
+        return int(self._receiver.app_limit)
+
+    @app_queue_limit.setter
+    def app_queue_limit(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("app_queue_limit must be >= 0")
+        self._receiver.app_limit = limit
+
+    @property
+    def app_pending(self) -> int:
+        """DataReceived events delivered and not yet reported consumed."""
+        return int(self._receiver.app_pending)
+
+    def app_consumed(self, count: int = 1) -> None:
+        """The application's consumer took ``count`` delivered messages: room for as many."""
+        receiver = self._receiver
+        receiver.app_pending = max(0, receiver.app_pending - count)
+
+    @property
+    def work(self) -> int:
+        """Loop iterations spent so far on work a peer's datagrams can ask for (entries of
+        send windows examined, ranges, list entries, routes). Tests bound it per datagram."""
+        return self._work + sum(p.window.work for p in self.peers_by_id.values())
+
     # ------------------------------------------------------------------------------------
     # Output side of the sans-I/O interface
 
@@ -288,23 +384,34 @@ class Node:
             counters.malformed += 1
             counters.reject(exc.reason)
             self._log_hostile(exc.reason, now, "dropped datagram from %s: %s", addr, exc)
-            if exc.reason == "too_large" and addr in self.peers_by_addr:
-                self._send_error(addr, "message exceeds 1 MiB", "too_large", now)
+            peer = self.peers_by_addr.get(addr)
+            if exc.reason == "too_large" and peer is not None:
+                self._error_to(peer, "message exceeds 1 MiB", "too_large", now)
             return
         if handoff is None:
             return
         msg, peer, gap = handoff
-        if peer is None:
-            self._unauthenticated(msg, addr, len(data), now)
-            return
-        if gap:  # a sequence number was skipped: ask for it if it does not turn up soon
-            peer.gap_at = due = now + self.config.gap_delay
-            self._gapped.add(peer)
-            if due < self._gap_at:
-                self._gap_at = due
-                if due < self._next_timer:
-                    self._next_timer = due
-        self._handlers[msg.type](peer, msg, now)
+        try:
+            if peer is None:
+                self._unauthenticated(msg, addr, len(data), now)
+                return
+            if gap:  # a sequence number was skipped: ask for it if it does not turn up soon
+                peer.gap_at = due = now + self.config.gap_delay
+                self._gapped.add(peer)
+                if due < self._gap_at:
+                    self._gap_at = due
+                    if due < self._next_timer:
+                        self._next_timer = due
+            self._handlers[msg.type](peer, msg, now)
+        except Exception as exc:  # a defect of ours must not take the node down with it
+            self._internal_error(exc, f"{msg.type_name} from {format_addr(addr)}", now)
+
+    def _internal_error(self, exc: BaseException, what: str, now: float) -> None:
+        """Count and log (rate-limited, with the traceback) an exception that escaped a handler."""
+        self.counters.reject("internal_error")
+        self._log_hostile(
+            "internal_error", now, "internal error while handling %s: %r", what, exc, exc_info=exc
+        )
 
     def flush_acks(self) -> None:
         """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
@@ -334,7 +441,7 @@ class Node:
                     False,
                     peer.pending_ack_id,
                 )
-                self._emit(data, peer.addr, T_ACK)
+                self._queue(data, peer, T_ACK)
             counters.acks_sent += len(seqs)
         self.ack_peers.clear()  # shared with the receive path
 
@@ -412,25 +519,39 @@ class Node:
             self.counters.reject(code)
             self._log_hostile(code, now, "handshake from %s refused: %s", addr, text)
             replies.append((encode(T_ERROR, {"code": code, "error": text}, ts), T_ERROR))
-            if budget is None:
-                budget = 1 << 20
-            self._send_within_budget(replies, addr, budget)
+            if peer is not None:
+                for data, mtype in replies:
+                    self._queue(data, peer, mtype)
+            else:
+                assert budget is not None
+                self._send_within_budget(replies, addr, budget)
             return
         new_peer: Peer = error
-        response = {
+        response: dict[str, Any] = {
             "error_message": None,
             "node_info": self.node_info,
             "public_addr": new_peer.addr_str,
             "success": True,
         }
+        if not new_peer.proven:
+            # Proof of the return path: the peer echoes this in an Ack (docs/protocol.md).
+            # Seed clients ignore the extra key and stay within the budget.
+            if not new_peer.token:
+                new_peer.token = self._new_token()
+            response["token"] = new_peer.token
         replies.append((encode(T_HANDSHAKE_RESPONSE, response, ts), T_HANDSHAKE_RESPONSE))
-        # A first slice of the peer list, sized so the whole reply stays within 3x the request
+        if peer is None:  # a new session starts with the budget this request earned
+            assert budget is not None
+            new_peer.budget = budget
+        # A first slice of the peer list, sized so the whole reply stays within the budget
         # (a spoofed handshake cannot amplify); the rest comes by broadcast or on request.
         used = sum(len(data) for data, _ in replies)
-        room = (budget if budget is not None else self.config.max_datagram_size) - used
+        room = self.config.max_datagram_size if new_peer.proven else new_peer.budget
         others = [p for p in self._sample_peers(64) if p is not new_peer]
-        replies.append((self._discovery_chunk(others, ts, room), T_DISCOVERY_RESPONSE))
-        self._send_within_budget(replies, addr, budget if budget is not None else 1 << 20)
+        replies.append((self._discovery_chunk(others, ts, room - used), T_DISCOVERY_RESPONSE))
+        for data, mtype in replies:
+            if not self._queue(data, new_peer, mtype):
+                break
 
     def _admit(self, peer: Peer | None, payload: Any, addr: tuple, now: float) -> Peer | tuple:
         """Validate a HandshakeRequest and create or refresh the session; return the Peer, or
@@ -457,20 +578,24 @@ class Node:
                 peer.node_info = info
                 return peer
             self._remove_peer(peer, "replaced", now, notify=False)
-        elif len(self.peers_by_id) >= self.config.max_connections:
+            new_peer = self._add_peer(addr, info, now)
+            # Same address: what it proved, and the bytes it is owed, carry over.
+            new_peer.proven, new_peer.budget = peer.proven, peer.budget
+            return new_peer
+        if len(self.peers_by_id) >= self.config.max_connections:
             return (
                 f"server full: {self.config.max_connections} peers connected",
                 "server_full",
             )
-        new_peer = self._add_peer(addr, info, now)
-        return new_peer
+        return self._add_peer(addr, info, now)
 
     def _add_peer(self, addr: tuple, info: dict, now: float) -> Peer:
         peer = Peer(addr, info, now, self.config)
+        peer.resend_allowance = RESEND_BURST
         self._pending_connects.pop(addr, None)  # simultaneous open: their request came first
         self.peers_by_addr[addr] = peer
         self.peers_by_id[peer.node_id] = peer
-        self.routes.remove_via(peer.node_id)  # a direct peer needs no learned route
+        self._work += self.routes.remove_via(peer.node_id)  # a direct peer needs no learned route
         self.counters.handshakes += 1
         self._events.append(PeerConnected(peer.node_id, addr, info))
         self._announce.append(peer)
@@ -485,7 +610,8 @@ class Node:
             del self.peers_by_addr[peer.addr]
         if self.peers_by_id.get(peer.node_id) is peer:
             del self.peers_by_id[peer.node_id]
-        self.routes.remove_via(peer.node_id)
+        self._work += self.routes.remove_via(peer.node_id) + peer.window.work
+        peer.window.work = 0
         self._inflight.discard(peer)
         self._gapped.discard(peer)
         for _seq, msg_id in peer.window.clear():
@@ -511,68 +637,144 @@ class Node:
         payload = msg.payload
         if type(payload) is not dict or payload.get("success") is not True:
             text = payload.get("error_message") if type(payload) is dict else None
-            self._events.append(ConnectFailed(addr, str(text or "handshake refused")))
+            self._connect_failed(addr, "refused", "the peer refused the handshake", text)
             return
         try:
             info = validate_node_info(payload.get("node_info"))
         except ValueError as exc:
-            self._events.append(ConnectFailed(addr, f"invalid HandshakeResponse: {exc}"))
+            self._connect_failed(addr, "invalid_node_info", f"invalid HandshakeResponse: {exc}")
             return
         if info["network_id"] != self.config.network_id:
-            self._events.append(ConnectFailed(addr, "network id mismatch"))
+            self._connect_failed(
+                addr,
+                "network_mismatch",
+                f"the peer is on network {info['network_id']!r}, "
+                f"this node on {self.config.network_id!r}",
+            )
             return
         holder = self.peers_by_id.get(info["id"])
         if holder is not None or info["id"] == self.node_id:
-            self._events.append(ConnectFailed(addr, "node id already connected"))
+            self._connect_failed(
+                addr, "node_id_taken", f"node id {info['id']} is already connected"
+            )
             return
         if len(self.peers_by_id) >= self.config.max_connections:
-            self._events.append(ConnectFailed(addr, "max_connections reached"))
+            self._connect_failed(
+                addr, "server_full", f"max_connections ({self.config.max_connections}) reached"
+            )
             return
-        self._add_peer(addr, info, now)
+        peer = self._add_peer(addr, info, now)
+        peer.proven = True  # we sent the request there and it answered its id: a proven path
+        token = payload.get("token")
+        if type(token) is str and 0 < len(token) <= MAX_TOKEN_LEN:
+            peer.echo_token = token
+            self._echo_token(peer, msg.id, now)
+
+    def _echo_token(self, peer: Peer, answering: str, now: float) -> None:
+        """Prove our address to ``peer``: an Ack carrying the token it gave us."""
+        data = encode(
+            T_ACK,
+            {"token": peer.echo_token},
+            int(now + self.wall_offset),
+            sender_addr=self.local_addr_str,
+            ack_for=answering,
+        )
+        self._queue(data, peer, T_ACK)
+
+    def _connect_failed(self, addr: tuple, code: str, reason: str, peer_text: Any = None) -> None:
+        """Report a failed outgoing handshake (English ``reason``, machine-readable ``code``,
+        and the peer's own words when it gave any)."""
+        self._pending_connects.pop(addr, None)
+        text = str(peer_text)[:512] if peer_text else ""
+        self._events.append(ConnectFailed(addr, reason, code, text))
+        log.debug("handshake with %s failed (%s): %s %s", format_addr(addr), code, reason, text)
 
     def _on_connect_refused(self, addr: tuple, payload: Any) -> None:
-        self._pending_connects.pop(addr, None)
-        text = payload.get("error") if type(payload) is dict else None
-        self._events.append(ConnectFailed(addr, str(text or "refused")))
+        text = payload.get("error") if type(payload) is dict else payload
+        code = payload.get("code") if type(payload) is dict else None
+        if code not in REFUSAL_REASONS:
+            code = _guess_refusal(str(text or ""))
+        self._connect_failed(addr, code, REFUSAL_REASONS[code], text)
 
     def _on_ping(self, peer: Peer, msg: Any, now: float) -> None:
-        self._queue(encode_bare(T_PONG, int(now + self.wall_offset)), peer, T_PONG)
+        """A Ping the receive path did not finish: one with a payload (a token to echo) or
+        one that opened a sequence gap."""
+        ts = int(now + self.wall_offset)
+        answering = msg.id if peer.p2pfast else None
+        self._queue(encode_raw(T_PONG, b"null", ts, None, None, None, False, answering), peer, T_PONG)
+        payload = msg.payload
+        if type(payload) is dict and peer.echo_token:
+            token = payload.get("token")
+            if type(token) is str and hmac.compare_digest(token, peer.echo_token):
+                self._echo_token(peer, msg.id, now)
 
     def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
         # Liveness is refreshed by every datagram; a pending ping() also gets its RTT.
-        if peer.ping_sent_at:
-            self._events.append(PongReceived(peer.node_id, now - peer.ping_sent_at))
-            peer.ping_sent_at = 0.0
+        pings = peer.pings
+        if not pings:
+            return
+        ping_id = msg.ack_for
+        if ping_id is None or ping_id not in pings:
+            if peer.p2pfast and ping_id is not None:
+                return  # the answer to a ping we no longer wait for
+            ping_id = next(iter(pings))  # a seed peer names no Ping: the oldest is answered
+        sent_at = pings.pop(ping_id)
+        self._events.append(PongReceived(peer.node_id, now - sent_at, ping_id))
+
+    def _answered_request(self, peer: Peer, msg: Any, full_info: bool) -> str | None:
+        """The id of our peer-list request that ``msg`` answers, None for an unasked list."""
+        requests = peer.list_requests
+        request_id = msg.ack_for
+        if request_id is not None:
+            requests.pop(request_id, None)
+            return str(request_id)
+        if peer.p2pfast:
+            return None  # p2pfast peers name the request: this one was not asked for
+        for rid, kind in requests.items():  # seed peers: the oldest request of that kind
+            if kind == full_info:
+                del requests[rid]
+                return rid
+        return None
 
     def _on_list_response(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
         nodes = payload.get("nodes") if type(payload) is dict else None
         if type(nodes) is list:
-            self._events.append(PeerListReceived(peer.node_id, nodes, True))
+            request_id = self._answered_request(peer, msg, True)
+            self._events.append(PeerListReceived(peer.node_id, nodes, True, request_id))
 
     def _on_discovery_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
+        answering = msg.id if peer.p2pfast else None
         others = [p for p in self.peers_by_id.values() if p is not peer]
-        for chunk in self._peer_list_chunks(others, ts):
-            self._queue(chunk, peer, T_DISCOVERY_RESPONSE)
+        self._work += len(others)
+        for chunk in self._peer_list_chunks(others, ts, answering):
+            if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
+                break  # an unproven address's budget is spent: the rest would be dropped too
 
     def _on_list_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
+        answering = msg.id if peer.p2pfast else None
         limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
         batch: list[bytes] = []
         size = 0
         for p in self.peers_by_id.values():  # includes the requester, as the Rust server does
+            self._work += 1
             item = p.nodeinfo_json
             if batch and size + len(item) + 1 > limit:
-                self._queue_list_response(batch, peer, ts)
+                if not self._queue_list_response(batch, peer, ts, answering):
+                    return  # an unproven address's budget is spent
                 batch, size = [], 0
             batch.append(item)
             size += len(item) + 1
-        self._queue_list_response(batch, peer, ts)
+        self._queue_list_response(batch, peer, ts, answering)
 
-    def _queue_list_response(self, batch: list[bytes], peer: Peer, ts: int) -> None:
+    def _queue_list_response(
+        self, batch: list[bytes], peer: Peer, ts: int, answering: str | None
+    ) -> bool:
         payload = b'{"nodes":[' + b",".join(batch) + b"]}"
-        self._queue(encode_raw(T_LIST_RESPONSE, payload, ts), peer, T_LIST_RESPONSE)
+        data = encode_raw(T_LIST_RESPONSE, payload, ts, None, None, None, False, answering)
+        return self._queue(data, peer, T_LIST_RESPONSE)
 
     def _on_discovery_response(self, peer: Peer, msg: Any, now: float) -> None:
         """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers."""
@@ -580,8 +782,10 @@ class Node:
         if type(entries) is not list:
             self.counters.reject("bad_payload")
             return
-        self._events.append(PeerListReceived(peer.node_id, entries, False))
+        request_id = self._answered_request(peer, msg, False)
+        self._events.append(PeerListReceived(peer.node_id, entries, False, request_id))
         for entry in entries[: self.config.max_routes]:
+            self._work += 1
             if type(entry) is not dict:
                 continue
             try:
@@ -607,13 +811,17 @@ class Node:
                 self._on_routed(peer, msg, payload, now)
                 return
             if payload.get("cmd") == "get_routes" and len(payload) == 1:
+                routes = self.routes.dump(self._routes_room())
+                self._work += len(routes)
                 self._queue(
-                    encode(T_DATA, {"routes": self.routes.dump()}, int(now + self.wall_offset)),
-                    peer,
-                    T_DATA,
+                    encode(T_DATA, {"routes": routes}, int(now + self.wall_offset)), peer, T_DATA
                 )
                 return
         self._deliver(peer, peer.node_id, payload, msg.id, None, 0, now)
+
+    def _routes_room(self) -> int:
+        """How many routes one ``get_routes`` reply lists (what fits one datagram)."""
+        return max(1, (self.config.max_datagram_size - ENVELOPE_OVERHEAD) // 120)
 
     def _deliver(
         self,
@@ -627,22 +835,46 @@ class Node:
     ) -> None:
         if self.app_attached:
             self.counters.delivered += 1
+            self._receiver.app_pending += 1
             self._events.append(DataReceived(source, payload, msg_id, route_id, hops))
-        elif self.config.echo and route_id is None:
-            self.counters.echoed += 1
+        elif self.config.echo and route_id is None and not _is_echo(payload):
             ts = int(now + self.wall_offset)
-            self._queue(encode(T_DATA, {"echo": payload, "timestamp": ts}, ts), peer, T_DATA)
+            try:
+                data = encode(T_DATA, {"echo": payload, "timestamp": ts}, ts)
+            except ProtocolError as exc:  # e.g. nested too deeply to serialize again
+                self._refuse(peer, f"cannot echo this payload: {exc.reason}", "bad_payload", now)
+                return
+            if len(data) > MAX_DATAGRAM_SIZE:
+                self._refuse(peer, "the echo would not fit one datagram", "too_large", now)
+                return
+            self.counters.echoed += 1
+            self._queue(data, peer, T_DATA)
         else:
-            self.counters.delivered += 1
+            self.counters.delivered += 1  # counted; an echo is never echoed (no echo loops)
 
     def _on_routed(self, peer: Peer, msg: Any, payload: dict, now: float) -> None:
+        """Routed Data: deliver it here or forward it one hop. The receive path leaves its
+        Ack to this handler: a message we cannot take now (our application's queue is full,
+        the next hop's window is full) is neither acknowledged nor remembered, so the previous
+        hop retransmits it later; everything else is acknowledged once decided."""
+        verdict = self._route(peer, msg, payload, now)
+        if verdict is None:  # not taken: forget it, the previous hop will send it again
+            if msg.sequence_number is not None:
+                peer.dup.discard(msg.sequence_number)
+            return
+        if msg.requires_ack:
+            self._receiver.ack(peer, msg, now)
+
+    def _route(self, peer: Peer, msg: Any, payload: dict, now: float) -> bool | None:
+        """Decide a routed Data: True when taken (delivered, forwarded, or refused for good),
+        None when it must wait."""
         try:
             destination = normalize_uuid(payload["destination_node"])
             source = normalize_uuid(payload["source_node"])
             route_id = normalize_uuid(payload["route_id"])
         except ProtocolError:
             self._refuse(peer, "routed Data with an invalid id", "bad_payload", now)
-            return
+            return True
         hop_count = payload["hop_count"]
         max_hops = payload["max_hops"]
         original = payload["original_message"]
@@ -654,36 +886,54 @@ class Node:
             or type(original) is not dict
         ):
             self._refuse(peer, "routed Data with invalid fields", "bad_payload", now)
-            return
-        if self.route_ids.seen(route_id, now):
+            return True
+        if self.route_ids.contains(route_id, now):
             self.counters.duplicates += 1
-            return
+            return True
         hop_count += 1
         if hop_count > max_hops:
             self.counters.reject("hop_limit")
-            return
+            return True
         if destination == self.node_id:
-            self._deliver(peer, source, original.get("payload"), original.get("id", ""), route_id, hop_count, now)
-            return
+            receiver = self._receiver
+            if (
+                receiver.deliver == DELIVER_APP
+                and 0 < receiver.app_limit <= receiver.app_pending
+            ):
+                self.counters.reject("app_busy")
+                return None
+            self.route_ids.seen(route_id, now)
+            self._deliver(
+                peer, source, original.get("payload"), original.get("id", ""), route_id, hop_count, now
+            )
+            return True
         target = self.peers_by_id.get(destination)
         if target is None:
             hop_id = self.routes.next_hop(destination)
             target = self.peers_by_id.get(hop_id) if hop_id is not None else None
         if target is None or target is peer:
             self._refuse(peer, f"no route to {destination}", "no_route", now)
-            return
+            return True
         forwarded = dict(payload)
         forwarded["hop_count"] = hop_count
         forwarded["destination_node"] = destination
         forwarded["source_node"] = source
         forwarded["route_id"] = route_id
-        self.counters.forwarded += 1
         ts = int(now + self.wall_offset)
-        if msg.requires_ack and target.p2pfast and not target.window.full:
-            # We acked the previous hop, so this hop must be reliable too.
-            self._send_data_to(target, forwarded, new_id(), ts, True, now)
-        else:
-            self._queue(encode(T_DATA, forwarded, ts), target, T_DATA)
+        # Reliable towards a p2pfast next hop (we acknowledge the previous hop, so this hop
+        # must carry it on); seed peers never acknowledge, so they get it once.
+        reliable = bool(msg.requires_ack) and target.p2pfast
+        try:
+            self._send_data_to(target, forwarded, self._new_id(), ts, reliable, now)
+        except WindowFull:
+            self.counters.reject("next_hop_busy")
+            return None
+        except SendError as exc:
+            self._refuse(peer, f"cannot forward: {exc.detail or exc.reason}", exc.reason, now)
+            return True
+        self.route_ids.seen(route_id, now)
+        self.counters.forwarded += 1
+        return True
 
     def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
@@ -699,8 +949,17 @@ class Node:
             return
         win = peer.window
         payload = msg.payload
+        if type(payload) is dict and "token" in payload:
+            if not peer.proven:
+                self._check_token(peer, payload["token"], now)
+            if not peer.p2pfast:
+                return
         if type(payload) is dict and peer.p2pfast:
-            self._on_ack_ranges(peer, payload.get("seq"), now)
+            ranges = payload.get("seq")
+            if ranges is None:
+                return
+            if not self._on_ack_ranges(peer, ranges, now):
+                return
         else:
             self.counters.acks_received += 1
             if win.on_ack(ack_for, now) < 0:
@@ -712,41 +971,74 @@ class Node:
         if not len(win):
             self._inflight.discard(peer)
 
-    def _on_ack_ranges(self, peer: Peer, ranges: Any, now: float) -> None:
-        """A coalesced Ack: ``[[lo, hi], ...]`` sequence numbers, bounded in count and length."""
+    def _check_token(self, peer: Peer, token: Any, now: float) -> None:
+        """The peer echoed a token: its address is proven when it is the one we gave it."""
+        if peer.token and type(token) is str and hmac.compare_digest(token, peer.token):
+            peer.proven = True
+            peer.token = ""
+            log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
+        else:
+            self.counters.reject("bad_token")
+
+    def _on_ack_ranges(self, peer: Peer, ranges: Any, now: float) -> int:
+        """A coalesced Ack: ``[[lo, hi], ...]`` sequence numbers, at most ``MAX_ACK_RANGES``
+        ranges each shorter than ``MAX_ACK_RANGE_LEN``. The send window walks whichever is
+        smaller, the ranges or what is in flight, so the work stays bounded by both."""
         if type(ranges) is not list:
             self.counters.reject("bad_payload")
-            return
-        win = peer.window
-        events = self._events
-        acked = 0
+            return 0
+        valid: list[tuple[int, int]] = []
         for item in ranges[:MAX_ACK_RANGES]:
+            self._work += 1
             if type(item) is not list or len(item) != 2:
                 continue
             lo, hi = item
             if type(lo) is not int or type(hi) is not int or not 0 <= hi - lo < MAX_ACK_RANGE_LEN:
                 continue
-            for seq in range(lo, hi + 1):
-                msg_id = win.on_ack_seq(seq, now)
-                if msg_id is not None:
-                    acked += 1
-                    events.append(SendCompleted(msg_id))
-        self.counters.acks_received += acked
+            valid.append((lo, hi))
+        acked = peer.window.on_ack_ranges(valid, now)
+        events = self._events
+        for msg_id in acked:
+            events.append(SendCompleted(msg_id))
+        self.counters.acks_received += len(acked)
+        return len(acked)
 
     def _on_retransmit(self, peer: Peer, msg: Any, now: float) -> None:
-        """Answer a Retransmit request from the send window (``{"sequence_numbers": [..]}``)."""
+        """Answer a Retransmit request (``{"sequence_numbers": [..]}``) from the send window.
+
+        Each number counts once, only messages still in flight are resent, none more than
+        once per smoothed RTT (the peer cannot have lost a copy it has not yet had time to
+        receive), and the bytes resent are capped per request and per second per peer, so a
+        Retransmit cannot be used to multiply traffic."""
         payload = msg.payload
         numbers = payload.get("sequence_numbers") if type(payload) is dict else None
         if type(numbers) is not list:
             self.counters.reject("bad_payload")
             return
         self.counters.retransmit_requests += 1
+        # Refill the per-peer allowance (a token bucket of RESEND_BURST at RESEND_RATE/s).
+        elapsed = now - peer.resend_at
+        peer.resend_at = now
+        if elapsed > 0:
+            peer.resend_allowance = min(
+                RESEND_BURST, peer.resend_allowance + elapsed * RESEND_RATE
+            )
         win = peer.window
+        asked: set[int] = set()
         for seq in numbers[:MAX_RETRANSMIT_REQUEST]:
-            if type(seq) is not int:
+            self._work += 1
+            if type(seq) is not int or seq in asked:
                 continue
+            asked.add(seq)
+            pending = win.get(seq)
+            if pending is None:
+                continue
+            if len(pending) > peer.resend_allowance:
+                self.counters.reject("retransmit_limit")
+                break
             data = win.resend(seq, now)
             if data is not None:
+                peer.resend_allowance -= len(data)
                 self.counters.retransmits += 1
                 self._queue(data, peer, T_DATA)
 
@@ -799,19 +1091,40 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Commands
 
-    def connect(self, addr: tuple, now: float) -> None:
-        """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows."""
+    def connect(self, addr: tuple, now: float, *, deadline: float | None = None) -> None:
+        """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows.
+
+        The request is sent again with exponential backoff (``rto_initial``, doubling, at
+        most ``CONNECT_RETRY_MAX`` apart) until ``deadline`` (default ``now +
+        config.connect_timeout``), when ConnectFailed(code ``timeout``) follows. A second
+        call for a handshake in progress extends its deadline if the new one is later."""
+        if deadline is None:
+            deadline = now + self.config.connect_timeout
         if addr in self.peers_by_addr:
             peer = self.peers_by_addr[addr]
             self._events.append(PeerConnected(peer.node_id, addr, peer.node_info))
             return
-        if addr in self._pending_connects:
+        pending = self._pending_connects.get(addr)
+        if pending is not None:
+            pending.deadline = max(pending.deadline, deadline)
             return
         if len(self._pending_connects) >= MAX_PENDING_CONNECTS:
-            self._events.append(ConnectFailed(addr, "too many handshakes in progress"))
+            self._events.append(
+                ConnectFailed(addr, "too many handshakes in progress", "busy")
+            )
+            return
+        if (":" in str(addr[0])) != (":" in str(self.local_addr[0])):
+            self._events.append(
+                ConnectFailed(
+                    addr,
+                    f"cannot reach {format_addr(addr)} from {self.local_addr_str}: "
+                    "IPv4 and IPv6 do not mix",
+                    "family",
+                )
+            )
             return
         info = dict(self.node_info)
-        msg_id = new_id()
+        msg_id = self._new_id()
         data = encode(
             T_HANDSHAKE_REQUEST,
             info,
@@ -820,11 +1133,18 @@ class Node:
             sender_addr=self.local_addr_str,
             requires_ack=True,
         )
-        pending = _PendingConnect(msg_id, data, now + self.config.rto_initial)
+        pending = _PendingConnect(
+            msg_id, data, min(now + self.config.rto_initial, deadline), deadline
+        )
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
         self._next_timer = min(self._next_timer, pending.next_at)
+        log.debug("handshake with %s: request sent", format_addr(addr))
         self._emit(data, addr, T_HANDSHAKE_REQUEST)
+
+    def cancel_connect(self, addr: tuple) -> bool:
+        """Give up a handshake in progress (no event follows); False when there was none."""
+        return self._pending_connects.pop(addr, None) is not None
 
     def _maybe_connect(self, addr: tuple, now: float) -> None:
         if (
@@ -849,7 +1169,7 @@ class Node:
         if self.closed:
             raise SendError("shutdown", "node is closed")
         peer = self.peers_by_id.get(node_id)
-        msg_id = new_id()
+        msg_id = self._new_id()
         ts = int(now + self.wall_offset)
         if peer is None:
             hop_id = self.routes.next_hop(node_id)
@@ -870,7 +1190,7 @@ class Node:
                     "sequence_number": None,
                     "timestamp": ts,
                 },
-                "route_id": new_id(),
+                "route_id": self._new_id(),
                 "source_node": self.node_id,
             }
         self._send_data_to(peer, payload, msg_id, ts, reliable, now)
@@ -880,19 +1200,31 @@ class Node:
         self, peer: Peer, payload: Any, msg_id: str, ts: int, reliable: bool, now: float
     ) -> None:
         """Encode a Data message for ``peer`` with the session's next sequence number and,
-        when ``reliable``, keep it in the send window until acked."""
+        when ``reliable``, keep it in the send window until acked.
+
+        Raises WindowFull (its ``node_id`` is ``peer``'s, whose WindowOpened event follows)
+        when the window is full or when the next sequence number would run a full receive
+        window ahead of the oldest unacknowledged message: a message of either kind must not
+        push the peer's duplicate filter past a message it may still have to accept."""
         win = peer.window
-        if reliable and win.full:
-            peer.window_blocked = True
-            raise WindowFull(f"{win.capacity} messages to {peer.node_id} awaiting acknowledgement")
         seq = peer.next_seq
+        if (reliable and win.full) or win.blocked(seq):
+            peer.window_blocked = True
+            exc = WindowFull(
+                f"{win.capacity} messages to {peer.node_id} awaiting acknowledgement"
+                if win.full
+                else f"messages to {peer.node_id} are {win.max_span} ahead of the oldest "
+                "awaiting acknowledgement"
+            )
+            exc.node_id = peer.node_id
+            raise exc
         try:
             data = encode(
                 T_DATA, payload, ts, id=msg_id, sequence_number=seq, requires_ack=reliable
             )
         except ProtocolError as exc:
             reason = "too_large" if exc.reason == "too_large" else "bad_payload"
-            raise SendError(reason, str(exc)) from None
+            raise SendError(reason, exc.detail or exc.reason) from None
         if len(data) > MAX_DATAGRAM_SIZE:
             raise SendError(
                 "too_large", f"{len(data)} bytes do not fit one datagram ({MAX_DATAGRAM_SIZE})"
@@ -908,20 +1240,37 @@ class Node:
                     self._next_timer = deadline
         self._queue(data, peer, T_DATA)
 
-    def ping(self, node_id: str, now: float) -> None:
+    def ping(self, node_id: str, now: float) -> str:
+        """Ping a peer; return the Ping's id, which the PongReceived event answering it names."""
         peer = self.peers_by_id.get(node_id)
         if peer is None:
             raise SendError("no_route", f"not connected to {node_id}")
-        peer.ping_sent_at = now
-        self._queue(encode_bare(T_PING, int(now + self.wall_offset)), peer, T_PING)
+        ping_id = self._new_id()
+        pings = peer.pings
+        if len(pings) >= MAX_OUTSTANDING:
+            del pings[next(iter(pings))]  # the oldest is forgotten: it will not be matched
+        pings[ping_id] = now
+        self._queue(
+            encode_raw(T_PING, b"null", int(now + self.wall_offset), ping_id), peer, T_PING
+        )
+        return ping_id
 
-    def request_peers(self, node_id: str, now: float, *, full_info: bool = False) -> None:
-        """Ask a peer for its peer list (DiscoveryRequest, or ListNodesRequest with ``full_info``)."""
+    def request_peers(self, node_id: str, now: float, *, full_info: bool = False) -> str:
+        """Ask a peer for its peer list (DiscoveryRequest, or ListNodesRequest with
+        ``full_info``); return the request's id, which the PeerListReceived answering names."""
         peer = self.peers_by_id.get(node_id)
         if peer is None:
             raise SendError("no_route", f"not connected to {node_id}")
+        request_id = self._new_id()
+        requests = peer.list_requests
+        if len(requests) >= MAX_OUTSTANDING:
+            del requests[next(iter(requests))]
+        requests[request_id] = full_info
         mtype = T_LIST_REQUEST if full_info else T_DISCOVERY_REQUEST
-        self._queue(encode_bare(mtype, int(now + self.wall_offset)), peer, mtype)
+        self._queue(
+            encode_raw(mtype, b"null", int(now + self.wall_offset), request_id), peer, mtype
+        )
+        return request_id
 
     def disconnect(self, node_id: str, now: float, reason: str = "disconnect") -> None:
         peer = self.peers_by_id.get(node_id)
@@ -944,7 +1293,7 @@ class Node:
             self._queue(data, peer, T_DISCONNECT)
             self._remove_peer(peer, "shutdown", now, notify=False)
         for addr in list(self._pending_connects):
-            self._events.append(ConnectFailed(addr, "shutdown"))
+            self._events.append(ConnectFailed(addr, "the node is shutting down", "shutdown"))
         self._pending_connects.clear()
         self.closed = True
         self._heartbeat_at = self._housekeeping_at = self._stats_at = _INF
@@ -959,6 +1308,13 @@ class Node:
         """Run everything that is due at ``now``."""
         if self.closed:
             return
+        try:
+            self._run_timers(now)
+        except Exception as exc:  # a defect of ours must not stop the timers for good
+            self._internal_error(exc, "timers", now)
+        self._retimer()
+
+    def _run_timers(self, now: float) -> None:
         if now >= self._window_at:
             self._run_windows(now)
         if now >= self._gap_at:
@@ -977,7 +1333,6 @@ class Node:
         if now >= self._stats_at:
             self._log_stats(now)
             self._stats_at = now + self.config.stats_interval
-        self._retimer()
 
     def _run_windows(self, now: float) -> None:
         earliest = _INF
@@ -1032,13 +1387,26 @@ class Node:
             if pending.next_at > now:
                 earliest = min(earliest, pending.next_at)
                 continue
-            if pending.attempts >= CONNECT_ATTEMPTS:
+            if now >= pending.deadline:
                 del self._pending_connects[addr]
-                self._events.append(ConnectFailed(addr, "timeout"))
+                waited = now - (pending.deadline - self.config.connect_timeout)
+                self._events.append(
+                    ConnectFailed(
+                        addr,
+                        f"no answer from {format_addr(addr)} after {pending.attempts} "
+                        f"handshake attempts",
+                        "timeout",
+                    )
+                )
+                log.debug("handshake with %s timed out (%.1f s)", format_addr(addr), waited)
                 continue
             pending.attempts += 1
-            pending.next_at = now + self.config.rto_initial * (2 ** (pending.attempts - 1))
+            interval = min(
+                self.config.rto_initial * 2.0 ** min(pending.attempts - 1, 16), CONNECT_RETRY_MAX
+            )
+            pending.next_at = min(now + interval, pending.deadline)
             earliest = min(earliest, pending.next_at)
+            log.debug("handshake with %s: attempt %d", format_addr(addr), pending.attempts)
             self._emit(pending.data, addr, T_HANDSHAKE_REQUEST)
         self._connect_at = earliest
 
@@ -1052,7 +1420,11 @@ class Node:
         for peer in list(self.peers_by_id.values()):
             if peer.last_seen < dead_since:
                 self.counters.evictions += 1
+                log.debug("peer %s silent since %.1f s: evicted", peer.node_id, now - peer.last_seen)
                 self._remove_peer(peer, "timeout", now)
+            elif peer.token and peer.p2pfast:
+                # A p2pfast peer whose token Ack was lost: ask again (it echoes the token).
+                self._queue(encode(T_PING, {"token": peer.token}, ts), peer, T_PING)
             elif peer.last_seen <= idle_since:
                 self._queue(ping, peer, T_PING)
         self._heartbeat_at = now + config.heartbeat_interval
@@ -1129,16 +1501,25 @@ class Node:
         counters.tx_by_type[mtype] += 1
         counters.bytes_out += len(data)
 
-    def _queue(self, data: bytes, peer: Peer, mtype: int) -> None:
+    def _queue(self, data: bytes, peer: Peer, mtype: int) -> bool:
+        """Queue one datagram to a session, within its anti-amplification budget while its
+        address is unproven; False (and counted) when the budget does not cover it."""
+        if not peer.proven:
+            if len(data) > peer.budget:
+                self.counters.reject("amplification_limit")
+                return False
+            peer.budget -= len(data)
         self._emit(data, peer.addr, mtype)
-
-    def _send_error(self, addr: tuple, text: str, code: str, now: float) -> None:
-        data = encode(T_ERROR, {"code": code, "error": text}, int(now + self.wall_offset))
-        self._emit(data, addr, T_ERROR)
+        return True
 
     def _refuse(self, peer: Peer, text: str, code: str, now: float) -> None:
+        """Refuse a peer's request: counted, and a small Error (within the budget)."""
         self.counters.reject(code)
-        self._send_error(peer.addr, text, code, now)
+        self._error_to(peer, text, code, now)
+
+    def _error_to(self, peer: Peer, text: str, code: str, now: float) -> None:
+        data = encode(T_ERROR, {"code": code, "error": text[:200]}, int(now + self.wall_offset))
+        self._queue(data, peer, T_ERROR)
 
     def _sample_peers(self, limit: int) -> list[Peer]:
         """Up to ``limit`` peers, most recently joined first (O(limit), not O(peers))."""
@@ -1156,28 +1537,35 @@ class Node:
         size = ENVELOPE_OVERHEAD - 40
         for p in peers:
             item = p.peerinfo_prefix + stamp
+            if size + len(item) + 1 > room:
+                continue  # skip what does not fit: a large entry must not hide the rest
             size += len(item) + 1
-            if size > room:
-                break
             items.append(item)
         return encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(items) + b"]", ts)
 
-    def _peer_list_chunks(self, peers: list[Peer], ts: int) -> list[bytes]:
-        """DiscoveryResponse datagrams covering all of ``peers`` (at least one, maybe empty)."""
+    def _peer_list_chunks(
+        self, peers: list[Peer], ts: int, answering: str | None = None
+    ) -> Iterator[bytes]:
+        """DiscoveryResponse datagrams covering all of ``peers`` (at least one, maybe empty),
+        made one at a time so a caller that stops early builds no more; ``answering`` is the
+        request's id for p2pfast peers (``ack_for``)."""
         stamp = b"%d}" % ts
         limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
-        chunks: list[bytes] = []
         batch: list[bytes] = []
         size = 0
         for p in peers:
             item = p.peerinfo_prefix + stamp
             if batch and size + len(item) + 1 > limit:
-                chunks.append(encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(batch) + b"]", ts))
+                yield self._discovery_datagram(batch, ts, answering)
                 batch, size = [], 0
             batch.append(item)
             size += len(item) + 1
-        chunks.append(encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(batch) + b"]", ts))
-        return chunks
+        yield self._discovery_datagram(batch, ts, answering)
+
+    @staticmethod
+    def _discovery_datagram(items: list[bytes], ts: int, answering: str | None) -> bytes:
+        payload = b"[" + b",".join(items) + b"]"
+        return encode_raw(T_DISCOVERY_RESPONSE, payload, ts, None, None, None, False, answering)
 
     # ------------------------------------------------------------------------------------
     # Introspection

@@ -12,11 +12,21 @@ from .errors import ProtocolError
 dump_payload = codec.dump_payload
 normalize_uuid = codec.normalize_uuid
 
-#: Bounds on what a peer may announce about itself (memory per peer is fixed).
-MAX_NAME_LEN = 256
-MAX_CAPABILITIES = 32
-MAX_METADATA = 32
-MAX_FIELD_LEN = 256
+#: Bounds on what a peer may announce about itself: memory per peer is fixed, and one peer's
+#: entry always fits one peer-list datagram, so no peer can crowd others out of a list.
+MAX_NAME_LEN = 64
+MAX_CAPABILITIES = 16
+MAX_CAPABILITY_LEN = 32
+MAX_METADATA = 8
+MAX_METADATA_KEY_LEN = 32
+MAX_METADATA_VALUE_LEN = 64
+#: The whole NodeInfo, serialized, at most (it is what a ListNodesResponse carries per peer).
+MAX_NODE_INFO_BYTES = 700
+#: Receive window a p2pfast peer announces in its NodeInfo metadata when it is not the default.
+RX_WINDOW_KEY = "rx_window"
+DEFAULT_RX_WINDOW = 1024
+#: Requests (ping, peer lists) awaiting their answer, per peer; older ones are forgotten.
+MAX_OUTSTANDING = 16
 _INF = float("inf")
 
 
@@ -35,7 +45,12 @@ class Peer(receive.Session):
         "peerinfo_prefix",
         "nodeinfo_json",
         "window_blocked",
-        "ping_sent_at",
+        "pings",
+        "list_requests",
+        "token",
+        "echo_token",
+        "resend_allowance",
+        "resend_at",
     )
 
     def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
@@ -53,11 +68,25 @@ class Peer(receive.Session):
             config.rto_initial,
             config.rto_min,
             config.rto_max,
+            0.001,
+            peer_rx_window(node_info) if self.p2pfast else DEFAULT_RX_WINDOW,
         )
         self.next_seq = 1
         self.gap_at = _INF
         self.window_blocked = False
-        self.ping_sent_at = 0.0  # when our last ping() was sent, 0.0 if none is pending
+        #: Our pings awaiting a Pong, id -> time sent (oldest first).
+        self.pings: dict[str, float] = {}
+        #: Our peer-list requests awaiting an answer, id -> full_info (oldest first).
+        self.list_requests: dict[str, bool] = {}
+        # Anti-amplification: unproven until the peer echoes ``token`` (sent in our
+        # HandshakeResponse) or we contacted it first; ``echo_token`` is the one it gave us.
+        self.proven = False
+        self.budget = 0
+        self.token = ""
+        self.echo_token = ""
+        # Bytes we may still resend on the peer's Retransmit requests (a token bucket).
+        self.resend_allowance = 0.0
+        self.resend_at = now
         # Coalesced acknowledgements owed to a p2pfast peer: sequence numbers, last message id.
         self.pending_acks: list[int] = []
         self.pending_ack_id = ""
@@ -72,6 +101,19 @@ class Peer(receive.Session):
 
     def __repr__(self) -> str:
         return f"<Peer {self.node_id} at {self.addr_str}>"
+
+
+def peer_rx_window(node_info: dict) -> int:
+    """The duplicate-filter width a p2pfast peer announced (metadata ``rx_window``), else the
+    default; the span of our send window towards it must stay below it."""
+    text = node_info["metadata"].get(RX_WINDOW_KEY)
+    if text is None:
+        return DEFAULT_RX_WINDOW
+    try:
+        width = int(text)
+    except ValueError:
+        return 64
+    return min(max(width, 64), 1 << 20)
 
 
 def validate_node_info(payload: Any) -> dict:
@@ -109,19 +151,27 @@ def validate_node_info(payload: Any) -> dict:
     if (
         type(capabilities) is not list
         or len(capabilities) > MAX_CAPABILITIES
-        or not all(type(c) is str and len(c) <= MAX_FIELD_LEN for c in capabilities)
+        or not all(type(c) is str and len(c) <= MAX_CAPABILITY_LEN for c in capabilities)
     ):
-        raise ValueError("NodeInfo capabilities must be a short list of strings")
+        raise ValueError(
+            f"NodeInfo capabilities must be at most {MAX_CAPABILITIES} strings of at most "
+            f"{MAX_CAPABILITY_LEN} chars"
+        )
     if (
         type(metadata) is not dict
         or len(metadata) > MAX_METADATA
         or not all(
-            type(v) is str and len(k) <= MAX_FIELD_LEN and len(v) <= MAX_FIELD_LEN
+            type(v) is str and len(k) <= MAX_METADATA_KEY_LEN and len(v) <= MAX_METADATA_VALUE_LEN
             for k, v in metadata.items()
         )
     ):
-        raise ValueError("NodeInfo metadata must be a small string-to-string object")
-    return {
+        raise ValueError(
+            f"NodeInfo metadata must be at most {MAX_METADATA} strings of at most "
+            f"{MAX_METADATA_VALUE_LEN} chars"
+        )
+    if len(listen_addr) > MAX_NAME_LEN:
+        raise ValueError("NodeInfo listen_addr is too long")
+    info = {
         "capabilities": capabilities,
         "id": node_id,
         "listen_addr": listen_addr,
@@ -130,3 +180,6 @@ def validate_node_info(payload: Any) -> dict:
         "network_id": network_id,
         "version": version,
     }
+    if len(dump_payload(info)) > MAX_NODE_INFO_BYTES:
+        raise ValueError(f"NodeInfo larger than {MAX_NODE_INFO_BYTES} bytes")
+    return info

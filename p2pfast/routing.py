@@ -11,26 +11,46 @@ from collections import OrderedDict
 
 class RoutingTable:
     """destination node id → (next-hop node id, distance). Direct peers are not stored here:
-    the peer table answers for them. A route is replaced only by a strictly shorter one."""
+    the peer table answers for them. A route is replaced only by a strictly shorter one.
 
-    __slots__ = ("max_routes", "_routes")
+    Routes are indexed by next hop, so forgetting a peer (it left, or it became a direct
+    peer) costs what that peer taught, not the size of the table; and one peer may teach at
+    most ``max_per_hop`` routes, so no single peer can fill the table.
+    """
 
-    def __init__(self, max_routes: int = 65_536) -> None:
+    __slots__ = ("max_routes", "max_per_hop", "_routes", "_by_hop")
+
+    def __init__(self, max_routes: int = 65_536, max_per_hop: int = 4096) -> None:
         self.max_routes = max_routes
+        self.max_per_hop = max_per_hop
         self._routes: dict[str, tuple[str, int]] = {}
+        self._by_hop: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._routes)
 
+    def taught_by(self, next_hop: str) -> int:
+        """How many routes go through ``next_hop``."""
+        return len(self._by_hop.get(next_hop, ()))
+
     def add(self, destination: str, next_hop: str, distance: int) -> bool:
-        """Learn a route; False when it is not shorter than the one held or the table is full."""
+        """Learn a route; False when it is not shorter than the one held, or the table (or
+        this next hop's share of it) is full."""
         current = self._routes.get(destination)
         if current is not None:
             if distance >= current[1]:
                 return False
         elif len(self._routes) >= self.max_routes:
             return False
+        via = self._by_hop.get(next_hop)
+        if via is not None and len(via) >= self.max_per_hop:
+            return False
+        if current is not None:
+            self._unlink(destination, current[0])
         self._routes[destination] = (next_hop, distance)
+        if via is None:
+            self._by_hop[next_hop] = via = set()
+        via.add(destination)
         return True
 
     def next_hop(self, destination: str) -> str | None:
@@ -39,17 +59,31 @@ class RoutingTable:
 
     def remove_via(self, node_id: str) -> int:
         """Forget every route to or through ``node_id``; return how many were removed."""
-        doomed = [d for d, (hop, _) in self._routes.items() if hop == node_id or d == node_id]
-        for d in doomed:
-            del self._routes[d]
-        return len(doomed)
+        removed = 0
+        route = self._routes.pop(node_id, None)
+        if route is not None:
+            self._unlink(node_id, route[0])
+            removed += 1
+        for destination in self._by_hop.pop(node_id, ()):
+            if self._routes.pop(destination, None) is not None:
+                removed += 1
+        return removed
 
-    def dump(self) -> list[dict]:
-        """Routes as the Rust server's ``get_routes`` reply lists them."""
-        return [
-            {"destination": d, "distance": dist, "next_hop": hop}
-            for d, (hop, dist) in self._routes.items()
-        ]
+    def _unlink(self, destination: str, next_hop: str) -> None:
+        via = self._by_hop.get(next_hop)
+        if via is not None:
+            via.discard(destination)
+            if not via:
+                del self._by_hop[next_hop]
+
+    def dump(self, limit: int | None = None) -> list[dict]:
+        """Routes as the Rust server's ``get_routes`` reply lists them (at most ``limit``)."""
+        out = []
+        for d, (hop, dist) in self._routes.items():
+            if limit is not None and len(out) >= limit:
+                break
+            out.append({"destination": d, "distance": dist, "next_hop": hop})
+        return out
 
 
 class RouteIdCache:
@@ -69,6 +103,11 @@ class RouteIdCache:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def contains(self, route_id: str, now: float) -> bool:
+        """True if ``route_id`` was recorded within ``ttl`` (records nothing)."""
+        stamp = self._seen.get(route_id)
+        return stamp is not None and now - stamp < self.ttl
 
     def seen(self, route_id: str, now: float) -> bool:
         """True if ``route_id`` was recorded within ``ttl``; otherwise record it and return False."""

@@ -13,7 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from typing import Iterator
+
+import orjson
 
 from p2pfast._speedups import codec
 from p2pfast.protocol import MessageType as T
@@ -92,6 +95,27 @@ class SeedClient:
 
     def send(self, data: bytes, to: tuple | None = None) -> None:
         self.sock.sendto(data, to or self.server)
+
+    def prove(self, response) -> None:
+        """Echo the token of a HandshakeResponse (an Ack carrying it), as p2pfast nodes do: the
+        server then counts this address as proven. A client that does not stays within the
+        server's anti-amplification budget (tests/test_hardening.py)."""
+        token = response.payload.get("token")
+        assert isinstance(token, str) and token, response.payload
+        self.send(
+            orjson.dumps(
+                {
+                    "id": str(uuid.uuid4()),
+                    "message_type": "Ack",
+                    "timestamp": 1795634857,
+                    "payload": {"token": token},
+                    "sender_addr": None,
+                    "sequence_number": None,
+                    "requires_ack": False,
+                    "ack_for": response.id,
+                }
+            )
+        )
 
     def recv(self):
         if self.backlog:

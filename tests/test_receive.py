@@ -70,6 +70,7 @@ class Harness:
             s.addr, s.node_id, s.p2pfast, s.last_seen = addr, node_id, fast, 0.0
             s.dup, s.gap_at = twin.window.DuplicateFilter(1024), float("inf")
             s.pending_acks, s.pending_ack_id = [], ""
+            s.proven, s.budget = True, 0  # tests of the budget clear ``proven``
             self.peers[addr] = s
         self.rx = mod.Receiver(self.peers, self.counters, self.out, self.events, self.ack_peers, LOCAL, WALL)
         if deliver is not None:
@@ -151,14 +152,92 @@ def test_ping_is_answered_with_an_ack_then_a_pong(twin):
     assert pong.timestamp == int(NOW + WALL) and pong.payload is None
 
 
-@pytest.mark.parametrize(
-    "payload", [ROUTED, {"cmd": "get_routes"}], ids=["routed", "get_routes"]
-)
-def test_engine_data_is_handed_over_after_the_ack(twin, payload):
+def test_get_routes_is_handed_over_after_the_ack(twin):
     h = Harness(twin, twin.receive.DELIVER_APP)
+    payload = {"cmd": "get_routes"}
     msg, peer, gap = h.feed(data(1, payload), PLAIN)
     assert (msg.payload, peer, gap) == (payload, h.peers[PLAIN], False)
     assert len(h.out) == 1 and not h.events and h.counters.delivered == 0
+
+
+def test_routed_data_is_handed_over_unacknowledged(twin):
+    """The engine acknowledges routed Data once it has decided (it may have to refuse it for
+    now: a full application queue, a busy next hop); a duplicate is acknowledged again."""
+    h = Harness(twin, twin.receive.DELIVER_APP)
+    msg, peer, gap = h.feed(data(1, ROUTED), PLAIN)
+    assert (msg.payload, peer, gap) == (ROUTED, h.peers[PLAIN], False)
+    assert h.out == [] and not h.events and h.counters.delivered == 0
+    h.rx.ack(peer, msg, NOW)
+    assert [m.type for m, _ in h.sent()] == [T.Ack]
+    assert h.feed(data(1, ROUTED), PLAIN) is None  # a duplicate: acked again, not handed over
+    assert [m.type for m, _ in h.sent()] == [T.Ack, T.Ack] and h.counters.duplicates == 1
+
+
+def test_too_old_is_never_acknowledged(twin):
+    """A number behind the filter may never have been delivered: an Ack would make the
+    sender forget it, so it gets none (the sender's span limit keeps it from happening)."""
+    h = Harness(twin, twin.receive.DELIVER_APP)
+    assert h.feed(data(5000), PLAIN) is None
+    h.out.clear()
+    assert h.feed(data(5000 - 1024), PLAIN) is None
+    assert h.out == [] and len(h.events) == 1 and h.counters.rejected == {"too_old": 1}
+    assert h.counters.duplicates == 0
+    assert h.feed(data(5000 - 1023), PLAIN) is None  # still inside: delivered and acked
+    assert len(h.out) == 1 and len(h.events) == 2
+
+
+def test_a_full_application_queue_takes_nothing(twin):
+    h = Harness(twin, twin.receive.DELIVER_APP)
+    h.rx.app_limit = 2
+    for seq in (1, 2, 3, 4):
+        h.feed(data(seq), PLAIN)
+    assert [e.payload for e in h.events] == [{"n": 1}, {"n": 2}]
+    assert len(h.out) == 2 and h.rx.app_pending == 2  # 3 and 4: not acked, not recorded
+    assert h.counters.rejected == {"app_busy": 2}
+    assert h.feed(data(2), PLAIN) is None  # a duplicate of a delivered one is acked again
+    assert len(h.out) == 3 and h.counters.duplicates == 1
+    h.feed(data(5, requires_ack=False), PLAIN)  # unreliable: dropped, counted
+    assert h.counters.rejected == {"app_busy": 3}
+    h.rx.app_pending = 1  # the consumer took one
+    assert h.feed(data(3), PLAIN) is None  # the retransmission is new, delivered and acked
+    assert [e.payload for e in h.events][-1] == {"n": 3} and len(h.out) == 4
+    assert h.feed(data(4), PLAIN) is None
+    assert len(h.events) == 3 and h.counters.rejected["app_busy"] == 4
+
+
+def test_an_unproven_session_gets_at_most_three_times_its_bytes(twin):
+    h = Harness(twin, twin.receive.DELIVER_COUNT)
+    peer = h.peers[PLAIN]
+    peer.proven = False
+    tiny = b'{"id":"847332c3-d122-433c-99db-457381ef6092","message_type":"Ping","timestamp":1,"payload":null,"requires_ack":true}'
+    sent_bytes = 0
+    for i in range(20):
+        h.feed(tiny, PLAIN)
+        assert sum(len(d) for d, _ in h.out) <= 3 * len(tiny) * (i + 1)
+    sent_bytes = sum(len(d) for d, _ in h.out)
+    assert sent_bytes + peer.budget == 3 * len(tiny) * 20
+    assert h.counters.rejected.get("amplification_limit", 0) > 0  # Ack + Pong > 3x a tiny Ping
+    peer.proven = True
+    h.out.clear()
+    h.feed(tiny, PLAIN)
+    assert len(h.out) == 2
+
+
+def test_pongs_to_p2pfast_peers_name_the_ping(twin):
+    h = Harness(twin)
+    ping = encode(T.Ping, None, 1795634857, id=MSG_ID % 7)
+    h.feed(ping, FAST)
+    h.feed(ping, PLAIN)
+    (fast, _), (plain, _) = h.sent()
+    assert (fast.type, fast.ack_for) == (T.Pong, MSG_ID % 7)
+    assert (plain.type, plain.ack_for) == (T.Pong, None)
+
+
+def test_a_ping_with_a_payload_goes_to_the_engine(twin):
+    h = Harness(twin)
+    ping = encode(T.Ping, {"token": "ab"}, 1795634857)
+    msg, peer, gap = h.feed(ping, FAST)
+    assert msg.payload == {"token": "ab"} and h.out == []
 
 
 def test_echo_mode_hands_data_over(twin):

@@ -72,7 +72,7 @@ async def test_send_to_unknown_node_raises():
 @on_uvloop
 async def test_connect_refused_on_network_mismatch():
     async with P2PServer(config()) as server, P2PServer(config(network_id="other")) as client:
-        with pytest.raises(ConnectionRefusedError, match="网络ID不匹配"):
+        with pytest.raises(ConnectionRefusedError, match="different network"):
             await client.connect_to_peer(server.local_address)
 
 

@@ -546,9 +546,11 @@ def test_send_karn_rule_timeout(window):
     sw = window.SendWindow(rto_initial=1.0)
     sw.add(1, "a", b"x", 0.0)
     assert sw.due(1.0) == ([(1, b"x")], [])
-    assert sw.rto == 2.0
+    assert sw.rto == 1.0  # the estimate moves only with samples
+    assert sw.backoff == 1 and sw.next_deadline() == 3.0  # the message backs off: 2 x rto
     assert sw.on_ack("a", 1.2) == 1  # ambiguous: no sample
-    assert (sw.srtt, sw.rttvar, sw.rto) == (0.0, 0.0, 2.0)
+    assert (sw.srtt, sw.rttvar, sw.rto) == (0.0, 0.0, 1.0)
+    assert sw.backoff == 0  # but the path answered: new messages start at the plain rto
 
 
 def test_send_karn_rule_resend(window):
@@ -566,46 +568,51 @@ def test_send_karn_rule_resend(window):
 def test_send_exponential_backoff(window):
     sw = window.SendWindow(rto_initial=1.0, rto_max=10.0, max_retries=20)
     sw.add(7, "a", b"x", 0.0)
-    now, rtos = 0.0, []
+    now, waits = 0.0, []
     for _ in range(6):
         deadline = sw.next_deadline()
         assert sw.due(deadline - 1e-9) == ([], [])
+        waits.append(deadline - now)
         now = deadline
         assert sw.due(now) == ([(7, b"x")], [])
-        rtos.append(sw.rto)
-        assert sw.next_deadline() == now + sw.rto
-    assert rtos == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
-    assert now == 1.0 + 2.0 + 4.0 + 8.0 + 10.0 + 10.0
+        assert sw.rto == 1.0
+    assert waits == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert sw.backoff == 6 and sw.timeout(6) == 10.0
 
 
-def test_send_backoff_once_per_due_call(window):
+def test_send_backoff_is_per_message(window):
     sw = window.SendWindow(rto_initial=1.0)
     for i in range(5):
         sw.add(i, f"m{i}", bytes([i]), 0.0)
     resend, failed = sw.due(1.0)
     assert resend == [(i, bytes([i])) for i in range(5)]
     assert failed == []
-    assert sw.rto == 2.0
+    assert sw.rto == 1.0 and sw.backoff == 1
     assert sw.next_deadline() == 3.0
+    # A message sent while nothing answers starts backed off; after an ack, at the plain rto.
+    sw.add(5, "m5", b"5", 1.5)
+    assert sw.due(2.9) == ([], [])
+    assert sw.on_ack("m0", 2.9) == 0
+    sw.add(6, "m6", b"6", 3.0)
+    resend, _ = sw.due(3.4)  # m5 (deadline 1.5 + 2) and m6 (3.0 + 1) are not due yet
+    assert [s for s, _ in resend] == [1, 2, 3, 4]
+    assert sw.next_deadline() == 3.5
 
 
 def test_send_retry_cap_fails(window):
     sw = window.SendWindow(max_retries=2, rto_initial=1.0)
     sw.add(1, "a", b"x", 0.0)
     sw.add(2, "b", b"y", 0.5)
-    assert sw.due(1.0) == ([(1, b"x")], [])  # a: retry 1, deadline 3
-    assert sw.due(2.5) == ([(2, b"y")], [])  # b: retry 1, rto 4, deadline 6.5
-    assert sw.due(3.0) == ([(1, b"x")], [])  # a: retry 2, rto 8, deadline 11
-    assert sw.due(6.5) == ([(2, b"y")], [])  # b: retry 2, rto 16, deadline 22.5
-    assert sw.rto == 16.0
-    assert sw.due(11.0) == ([], [(1, "a")])  # a used up its retries
-    assert sw.rto == 32.0  # a failing timeout is a timeout too
+    assert sw.due(1.0) == ([(1, b"x")], [])  # a: retry 1, waits 2: deadline 3
+    assert sw.due(2.5) == ([(2, b"y")], [])  # b: sent at 0.5, due at 1.5: retry 1, deadline 4.5
+    assert sw.due(3.0) == ([(1, b"x")], [])  # a: retry 2, waits 4: deadline 7
+    assert sw.rto == 1.0
+    assert sw.due(7.0) == ([(2, b"y")], [(1, "a")])  # a used up its retries; b: retry 2
     assert 1 not in sw and len(sw) == 1
     assert sw.get(1) is None
     assert sw.on_ack("a", 12.0) == -1
     assert sw.on_ack_seq(1, 12.0) is None
-    assert sw.next_deadline() == 22.5
-    assert sw.due(22.5) == ([], [(2, "b")])
+    assert sw.on_ack("b", 12.0) == 2
     assert len(sw) == 0
     assert sw.next_deadline() == math.inf
     sw.add(1, "a", b"again", 30.0)  # the ids are free again
@@ -619,11 +626,12 @@ def test_send_zero_retries(window):
     assert len(sw) == 0
 
 
-def test_send_resend_counts_toward_retry_cap(window):
+def test_send_resend_does_not_use_up_a_retry(window):
     sw = window.SendWindow(max_retries=1, rto_initial=1.0)
     sw.add(1, "a", b"x", 0.0)
-    sw.resend(1, 0.5)
-    assert sw.due(1.5) == ([], [(1, "a")])
+    assert sw.resend(1, 0.5) == b"x"  # a peer's request: restarts the timer, no retry spent
+    assert sw.due(1.5) == ([(1, b"x")], [])
+    assert sw.due(3.5) == ([], [(1, "a")])
 
 
 def test_send_window_full_backpressure(window):
@@ -695,7 +703,17 @@ def test_send_resend_restarts_timer(window):
     assert sw.rto == 1.0  # no timeout, no backoff
     assert sw.next_deadline() == 1.5
     assert sw.due(1.5) == ([(1, b"x")], [])
-    assert sw.rto == 2.0
+    assert sw.rto == 1.0 and sw.next_deadline() == 3.5
+
+
+def test_send_resend_is_paced_by_the_smoothed_rtt(window):
+    sw = window.SendWindow(rto_initial=1.0, rto_min=0.01)
+    sw.add(1, "a", b"x", 0.0)
+    sw.on_ack("a", 0.2)  # srtt 0.2
+    sw.add(2, "b", b"y", 1.0)
+    assert [sw.resend(2, 1.0 + t) for t in (0.0, 0.1, 0.19)] == [None, None, None]
+    assert sw.resend(2, 1.25) == b"y"  # one smoothed RTT after the last copy
+    assert sw.resend(2, 1.3) is None and sw.resend(2, 1.5) == b"y"
 
 
 def test_send_resend_after_rto_shrank_moves_deadline_earlier(window):
@@ -763,9 +781,10 @@ def test_send_pickle(window):
     sw.on_ack("a", 0.5)
     sw.add(2, "b", b"y", 1.0)
     sw.add(3, "c", b"z", 1.0)
-    sw.resend(3, 1.1)
+    assert sw.resend(3, 1.6) == b"z"  # deadline 1.6 + 1.5
     s2 = pickle.loads(pickle.dumps(sw))
     assert (s2.srtt, s2.rttvar, s2.rto, len(s2), s2.capacity) == (0.5, 0.25, 1.5, 2, 3)
+    assert (s2.max_span, s2.backoff, s2.oldest()) == (1024, 0, 2)
     assert s2.get(2) == b"y"
     assert s2.due(2.5) == ([(2, b"y")], [])
     assert s2.on_ack("c", 2.6) == 3  # resent before pickling: still no sample
@@ -777,14 +796,26 @@ def test_send_pickle(window):
 
 
 class SendModel:
-    """Reference send window: a list scan for everything, no cached deadline bound."""
+    """Reference send window: a list scan for everything, no cached deadline bound.
 
-    def __init__(self, capacity, max_retries, rto_initial, rto_min, rto_max, granularity):
+    The estimate follows RFC 6298 from the samples; each message backs off on its own
+    (``rto * 2**retries``, capped); messages added while nothing answers start at the window's
+    backoff, which any ack clears."""
+
+    def __init__(self, capacity, max_retries, rto_initial, rto_min, rto_max, granularity, max_span=1024):
         self.capacity, self.max_retries = capacity, max_retries
         self.rto_min, self.rto_max, self.g = rto_min, rto_max, granularity
+        self.max_span = max_span
         self.rto = min(max(rto_initial, rto_min), rto_max)
         self.samples: list[float] = []
         self.entries: list[dict] = []  # send order
+        self.backoff = 0
+
+    def timeout(self, k):
+        return min(self.rto * 2.0 ** min(k, 16), self.rto_max)
+
+    def srtt(self):
+        return rfc6298(self.samples, self.g, 0, 0)[0] if self.samples else 0.0
 
     def _find(self, key, value):
         return next((e for e in self.entries if e[key] == value), None)
@@ -794,13 +825,17 @@ class SendModel:
             raise WindowFull(f"{self.capacity} messages awaiting acknowledgement")
         if self._find("seq", seq) or self._find("id", msg_id):
             raise ValueError("already in flight")
+        if self.entries and seq - min(e["seq"] for e in self.entries) >= self.max_span:
+            raise WindowFull("span")
         self.entries.append(
-            {"seq": seq, "id": msg_id, "data": data, "sent": now, "deadline": now + self.rto, "n": 0}
+            {"seq": seq, "id": msg_id, "data": data, "sent": now, "last": now,
+             "deadline": now + self.timeout(self.backoff), "n": 0, "amb": False}
         )
 
     def _ack(self, e, now):
         self.entries.remove(e)
-        if e["n"] == 0:
+        self.backoff = 0
+        if not e["amb"]:
             self.samples.append(now - e["sent"])
             self.rto = rfc6298(self.samples, self.g, self.rto_min, self.rto_max)[2]
 
@@ -818,30 +853,37 @@ class SendModel:
         self._ack(e, now)
         return e["id"]
 
+    def on_ack_ranges(self, ranges, now):
+        total = sum(hi - lo + 1 for lo, hi in ranges if hi >= lo)
+        if total <= len(self.entries):
+            order = [s for lo, hi in ranges for s in range(lo, hi + 1)]
+        else:
+            order = [e["seq"] for e in self.entries if any(lo <= e["seq"] <= hi for lo, hi in ranges)]
+        return [i for i in (self.on_ack_seq(s, now) for s in order) if i is not None]
+
     def get(self, seq):
         e = self._find("seq", seq)
         return None if e is None else e["data"]
 
     def resend(self, seq, now):
         e = self._find("seq", seq)
-        if e is None:
+        if e is None or now - e["last"] < max(self.srtt(), self.g):
             return None
-        e["n"] += 1
-        e["deadline"] = now + self.rto
+        e["amb"], e["last"] = True, now
+        e["deadline"] = now + self.timeout(e["n"])
         return e["data"]
 
     def due(self, now):
-        expired = [e for e in self.entries if e["deadline"] <= now]
         resend, failed = [], []
-        if expired:
-            self.rto = min(self.rto * 2.0, self.rto_max)
-        for e in expired:
+        for e in [e for e in self.entries if e["deadline"] <= now]:
             if e["n"] >= self.max_retries:
                 self.entries.remove(e)
                 failed.append((e["seq"], e["id"]))
             else:
                 e["n"] += 1
-                e["deadline"] = now + self.rto
+                e["amb"], e["last"] = True, now
+                e["deadline"] = now + self.timeout(e["n"])
+                self.backoff = max(self.backoff, min(e["n"], 16))
                 resend.append((e["seq"], e["data"]))
         return resend, failed
 
@@ -860,6 +902,7 @@ _send_ops = st.lists(
         st.tuples(st.just("ack"), st.integers(0, 6)),
         st.tuples(st.just("ack_seq"), st.integers(0, 6)),
         st.tuples(st.just("resend"), st.integers(0, 6)),
+        st.tuples(st.just("ranges"), st.integers(0, 6), st.integers(0, 3)),
         st.tuples(st.just("get"), st.integers(0, 6)),
         st.tuples(st.just("due"), st.just(0)),
         st.tuples(st.just("wait"), st.floats(0.0, 3.0, allow_nan=False)),
@@ -878,6 +921,7 @@ _send_params = st.fixed_dictionaries(
         "rto_min": st.sampled_from([0.01, 0.2]),
         "rto_max": st.sampled_from([0.5, 4.0, 60.0]),
         "granularity": st.sampled_from([0.001, 0.1]),
+        "max_span": st.sampled_from([2, 4, 1024]),
     }
 )
 
@@ -893,6 +937,8 @@ def _apply(obj, op, a, b, now):
             return obj.on_ack_seq(a, now), now
         if op == "resend":
             return obj.resend(a, now), now
+        if op == "ranges":
+            return obj.on_ack_ranges([(a, a + b), (b, b + 1)], now), now
         if op == "get":
             return obj.get(a), now
         if op == "due":
@@ -925,6 +971,8 @@ def test_send_matches_model(window, params, ops):
         want, _ = _apply(model, kind, a, b, now)
         assert got == want, (kind, a, b, now)
         assert sw.rto == model.rto
+        assert sw.backoff == model.backoff
+        assert sw.oldest() == min((e["seq"] for e in model.entries), default=-1)
         assert len(sw) == len(model.entries)
         assert sw.full == (len(model.entries) >= params["capacity"])
         assert sw.next_deadline() <= model.earliest()
@@ -956,7 +1004,7 @@ def test_send_c_agrees_with_py(window, params, ops):
                 now = nd
             kind = "due"
         assert _apply(sc, kind, a, b, now) == _apply(sp, kind, a, b, now), (kind, a, b, now)
-        state_c = (sc.srtt, sc.rttvar, sc.rto, len(sc), sc.available, sc.full, sc.next_deadline())
-        state_p = (sp.srtt, sp.rttvar, sp.rto, len(sp), sp.available, sp.full, sp.next_deadline())
+        state_c = (sc.srtt, sc.rttvar, sc.rto, len(sc), sc.available, sc.full, sc.next_deadline(), sc.backoff, sc.oldest(), sc.work)
+        state_p = (sp.srtt, sp.rttvar, sp.rto, len(sp), sp.available, sp.full, sp.next_deadline(), sp.backoff, sp.oldest(), sp.work)
         assert state_c == state_p
         assert [s in sc for s in range(7)] == [s in sp for s in range(7)]

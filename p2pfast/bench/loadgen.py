@@ -441,6 +441,11 @@ class HandshakePeer(Peer):
                 info = payload.get("node_info")
                 if type(info) is dict and self.b.server_node_id is None:
                     self.b.server_node_id = str(info.get("id"))
+                token = payload.get("token")
+                if type(token) is str:  # prove our address: no anti-amplification budget
+                    self.transport.sendto(
+                        codec.encode(T_ACK, {"token": token}, self.b.ts, ack_for=msg.id)
+                    )
                 self._handshake_done()
             else:
                 text = payload.get("error_message") if type(payload) is dict else None
