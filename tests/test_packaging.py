@@ -69,6 +69,12 @@ def test_importing_the_bench_package_loads_none_of_its_modules() -> None:
     assert names.split() == ["main", "p2pfast.bench.report", "p2pfast.bench.common"]
 
 
+def test_bench_reports_the_single_sourced_version() -> None:
+    out = _python("import sys; sys.argv = ['p2pfast-bench', '--version'];"
+                  "from p2pfast.bench import main; main()")  # fmt: skip
+    assert out == f"p2pfast-bench, version {p2pfast.__version__}"
+
+
 def test_unknown_bench_attribute_is_an_attribute_error() -> None:
     import p2pfast.bench
 

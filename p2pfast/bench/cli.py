@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .._version import __version__
 from .common import ACK_MODES, NETWORK_ID, WORKLOADS, BenchError
 from .report import (
     command_line,
@@ -72,6 +73,7 @@ class _BenchClickError(click.ClickException):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="p2pfast-bench")
 @click.option(
     "--peers",
     "-n",
