@@ -14,6 +14,11 @@ import pytest
 
 from .netutil import ServerProcess
 
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="p2pfast-bench stops its servers with SIGTERM and meters them through /proc (POSIX)",
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 NO_EXTENSIONS = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")
 

@@ -67,7 +67,10 @@ async def _serve(host: str, port: int) -> None:
     transport, _ = await loop.create_datagram_endpoint(EchoProtocol, sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows' loops: a plain handler wakes the loop instead
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]:{bound[1]}" if family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"
     print(f"p2pfast-baseline listening on {shown}", file=sys.stderr, flush=True)
