@@ -45,6 +45,8 @@ cdef class SendWindow:
     cdef public Py_ssize_t max_span
     cdef public long backoff    # backoff exponent for messages sent now (0 after any ack)
     cdef public unsigned long long work  # entries examined (bounded-work tests)
+    cdef public object largest_acked     # highest sequence number acknowledged, -1 before
+    cdef double _largest_sent            # when the acknowledged copy of it left
     cdef bint _sampled          # an RTT sample has been taken (RFC 6298 2.2 vs 2.3)
     cdef dict _by_seq           # seq -> _InFlight, in send order
     cdef dict _by_id            # msg_id -> _InFlight

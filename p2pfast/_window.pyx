@@ -28,6 +28,7 @@ from libc.string cimport memset
 
 cdef extern from "Python.h":
     PyObject* PyDict_SetDefault(object, object, object) except NULL
+    Py_ssize_t PyList_GET_SIZE(object)
     bint PyLong_Check(object)
     object PyNumber_Index(object)
 
@@ -243,6 +244,40 @@ cdef class DuplicateFilter:
         pos = s & self._mask
         self._words[pos >> 6] &= ~(_ONE << (pos & 63))
 
+    def ranges(self, Py_ssize_t limit=64):
+        """The numbers seen inside the window as ``[lo, hi]`` runs, newest first, at most
+        ``limit`` of them: what a coalesced Ack repeats so that one lost Ack costs nothing."""
+        cdef list out = []
+        cdef uint64_t h, seq, floor, pos
+        cdef uint64_t hi = 0
+        cdef uint64_t mask = self._mask
+        cdef uint64_t* words = self._words
+        cdef bint inside = False
+        if self._empty or limit <= 0:
+            return out
+        h = self._highest
+        floor = self._lowest
+        if h >= <uint64_t>self.width - 1 and h - (<uint64_t>self.width - 1) > floor:
+            floor = h - (<uint64_t>self.width - 1)
+        seq = h
+        while True:
+            pos = seq & mask
+            if words[pos >> 6] & (_ONE << (pos & 63)):
+                if not inside:
+                    inside = True
+                    hi = seq
+            elif inside:
+                inside = False
+                out.append([seq + 1, hi])
+                if PyList_GET_SIZE(out) >= limit:
+                    return out
+            if seq == floor:
+                break
+            seq -= 1
+        if inside:
+            out.append([seq, hi])
+        return out
+
     def missing(self, Py_ssize_t limit=64):
         """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
         oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
@@ -299,6 +334,8 @@ cdef class _InFlight:
 #: Backoff exponents are capped here (2**16 times the RTO is far beyond any ``rto_max``).
 MAX_BACKOFF = 16
 cdef long _MAX_BACKOFF = 16
+#: A message this many numbers below an acknowledged one, sent before it, is taken as lost.
+PACKET_THRESHOLD = 3
 
 
 cdef class SendWindow:
@@ -309,9 +346,9 @@ cdef class SendWindow:
     ``rto_min``/``rto_max``) and RFC 9002 for the backoff, which belongs to each message: a
     message that timed out ``k`` times waits ``rto * 2**k`` (at most ``rto_max``) before its
     next retransmission, while ``rto`` itself only ever moves with samples. Messages sent
-    while the path is silent start at the window's ``backoff`` (the highest retry count in
-    flight); any acknowledgement collapses it to 0, so the timer is back at the path's RTO as
-    soon as the path answers again. A message that times out after ``max_retries``
+    while the path is silent start at the window's ``backoff`` (the timeouts since the last
+    acknowledgement, as RFC 9002's PTO count); any acknowledgement collapses it to 0, so the
+    timer is back at the path's RTO as soon as the path answers again. A message that times out after ``max_retries``
     retransmissions fails.
 
     Two limits make :meth:`add` raise :class:`~p2pfast.errors.WindowFull` (backpressure):
@@ -362,6 +399,8 @@ cdef class SendWindow:
         self.rto = rto_initial
         self.backoff = 0
         self.work = 0
+        self.largest_acked = -1
+        self._largest_sent = 0.0
         self._by_seq = {}
         self._by_id = {}
         self._order = []
@@ -380,7 +419,7 @@ cdef class SendWindow:
         )
         state = (
             self.srtt, self.rttvar, self.rto, self._sampled, self._earliest, self.backoff,
-            self.work, entries,
+            self.work, self.largest_acked, self._largest_sent, entries,
         )
         return _restore_send, (params, state)
 
@@ -523,6 +562,9 @@ cdef class SendWindow:
 
     cdef void _acked(self, _InFlight entry, double now) noexcept:
         self.backoff = 0  # the path answers: new messages start at the plain RTO again
+        if entry.seq > self.largest_acked:
+            self.largest_acked = entry.seq
+            self._largest_sent = entry.last_sent
         if not entry.ambiguous:  # Karn's rule: only unambiguous samples
             self._sample(now - entry.sent_at)
 
@@ -574,6 +616,29 @@ cdef class SendWindow:
             self._earliest = entry.deadline
         return entry.data
 
+    def lost(self, double now):
+        """Messages to retransmit now because later ones were acknowledged (RFC 9002's packet
+        threshold): at least ``PACKET_THRESHOLD`` numbers below the largest acknowledged and
+        last sent before it. Each is resent once per such evidence, without backoff; the
+        retransmission timer remains for the tail, where no later message can be acked."""
+        cdef list out = []
+        cdef _InFlight entry
+        cdef double sent_before = self._largest_sent
+        limit = self.largest_acked - PACKET_THRESHOLD
+        if limit < 0:
+            return out
+        for value in self._by_seq.values():
+            entry = <_InFlight>value
+            self.work += 1
+            if entry.seq > limit:
+                break
+            if entry.last_sent < sent_before:
+                entry.ambiguous = True
+                entry.last_sent = now
+                entry.deadline = now + self._timeout(entry.retries)
+                out.append((entry.seq, entry.data))
+        return out
+
     def next_deadline(self):
         """When :meth:`due` next has work (a lower bound; ``inf`` when nothing is in flight)."""
         return self._earliest if PyDict_Size(self._by_seq) else _INF
@@ -614,9 +679,9 @@ cdef class SendWindow:
             entry.deadline = now + self._timeout(entry.retries)
             if entry.deadline < earliest:
                 earliest = entry.deadline
-            if entry.retries > backoff:
-                backoff = entry.retries if entry.retries < _MAX_BACKOFF else _MAX_BACKOFF
             resend.append((entry.seq, entry.data))
+        if resend and backoff < _MAX_BACKOFF:
+            backoff += 1  # one more timeout with no acknowledgement in between
         self.backoff = backoff
         self._earliest = earliest
         return resend, failed
@@ -627,6 +692,7 @@ cdef class SendWindow:
         self._by_seq.clear()
         self._by_id.clear()
         del self._order[:]
+        self.largest_acked = -1
         self._earliest = _INF
         return dropped
 
@@ -648,7 +714,8 @@ def _restore_send(params, state):
     """Unpickle a :class:`SendWindow` (see ``SendWindow.__reduce__``)."""
     cdef SendWindow sw = SendWindow(*params)
     cdef _InFlight entry
-    sw.srtt, sw.rttvar, sw.rto, sw._sampled, sw._earliest, sw.backoff, sw.work, entries = state
+    (sw.srtt, sw.rttvar, sw.rto, sw._sampled, sw._earliest, sw.backoff, sw.work,
+     sw.largest_acked, sw._largest_sent, entries) = state
     for seq, msg_id, data, sent_at, last_sent, deadline, retries, ambiguous in entries:
         entry = _InFlight.__new__(_InFlight)
         entry.seq = seq

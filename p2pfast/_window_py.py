@@ -84,6 +84,30 @@ class DuplicateFilter:
         if 0 <= seq and 0 <= offset < self.width:
             self._bits &= ~(1 << offset)
 
+    def ranges(self, limit: int = 64) -> list[list[int]]:
+        """The numbers seen inside the window as ``[lo, hi]`` runs, newest first, at most
+        ``limit`` of them: what a coalesced Ack repeats so that one lost Ack costs nothing."""
+        highest = self._highest
+        out: list[list[int]] = []
+        if highest < 0:
+            return out
+        bits = self._bits
+        floor = max(self._lowest, highest - self.width + 1)
+        offset = 0  # bit i stands for highest - i
+        while bits and len(out) < limit:
+            zeros = (bits & -bits).bit_length() - 1
+            bits >>= zeros
+            offset += zeros
+            ones = (~bits & (bits + 1)).bit_length() - 1
+            hi = highest - offset
+            lo = max(hi - ones + 1, floor)
+            if hi < floor:
+                break
+            out.append([lo, hi])
+            bits >>= ones
+            offset += ones
+        return out
+
     def missing(self, limit: int = 64) -> list[int]:
         """Numbers not yet seen between the lowest seen (or the window's floor) and the highest,
         oldest first, at most ``limit``: what a ``Retransmit`` request should ask for."""
@@ -117,6 +141,8 @@ class _InFlight:
 
 #: Backoff exponents are capped here (2**16 times the RTO is far beyond any ``rto_max``).
 MAX_BACKOFF = 16
+#: A message this many numbers below an acknowledged one, sent before it, is taken as lost.
+PACKET_THRESHOLD = 3
 
 
 class SendWindow:
@@ -127,9 +153,9 @@ class SendWindow:
     ``rto_min``/``rto_max``) and RFC 9002 for the backoff, which belongs to each message: a
     message that timed out ``k`` times waits ``rto * 2**k`` (at most ``rto_max``) before its
     next retransmission, while ``rto`` itself only ever moves with samples. Messages sent
-    while the path is silent start at the window's ``backoff`` (the highest retry count in
-    flight); any acknowledgement collapses it to 0, so the timer is back at the path's RTO as
-    soon as the path answers again. A message that times out after ``max_retries``
+    while the path is silent start at the window's ``backoff`` (the timeouts since the last
+    acknowledgement, as RFC 9002's PTO count); any acknowledgement collapses it to 0, so the
+    timer is back at the path's RTO as soon as the path answers again. A message that times out after ``max_retries``
     retransmissions fails.
 
     Two limits make :meth:`add` raise :class:`~p2pfast.errors.WindowFull` (backpressure):
@@ -151,6 +177,8 @@ class SendWindow:
         "rto",
         "backoff",
         "work",
+        "largest_acked",
+        "_largest_sent",
         "_sampled",
         "_by_seq",
         "_by_id",
@@ -191,6 +219,10 @@ class SendWindow:
         #: Entries examined so far by acknowledgements, requests and timers (a work counter
         #: that tests use to prove the cost per datagram is bounded).
         self.work = 0
+        #: Highest sequence number acknowledged so far (-1: none), and when the copy of it
+        #: that was acknowledged left (its latest transmission).
+        self.largest_acked = -1
+        self._largest_sent = 0.0
         self._by_seq: dict[int, _InFlight] = {}
         self._by_id: dict[str, _InFlight] = {}
         self._order: list[int] = []  # min-heap of sequence numbers, lazily pruned
@@ -309,6 +341,9 @@ class SendWindow:
 
     def _acked(self, entry: _InFlight, now: float) -> None:
         self.backoff = 0  # the path answers: new messages start at the plain RTO again
+        if entry.seq > self.largest_acked:
+            self.largest_acked = entry.seq
+            self._largest_sent = entry.last_sent
         if not entry.ambiguous:  # Karn's rule: only unambiguous samples
             self._sample(now - entry.sent_at)
 
@@ -346,6 +381,27 @@ class SendWindow:
             self._earliest = entry.deadline
         return entry.data
 
+    def lost(self, now: float) -> list[tuple[int, bytes]]:
+        """Messages to retransmit now because later ones were acknowledged (RFC 9002's packet
+        threshold): at least ``PACKET_THRESHOLD`` numbers below the largest acknowledged and
+        last sent before it. Each is resent once per such evidence, without backoff; the
+        retransmission timer remains for the tail, where no later message can be acked."""
+        out: list[tuple[int, bytes]] = []
+        limit = self.largest_acked - PACKET_THRESHOLD
+        if limit < 0:
+            return out
+        sent_before = self._largest_sent
+        for entry in self._by_seq.values():
+            self.work += 1
+            if entry.seq > limit:
+                break
+            if entry.last_sent < sent_before:
+                entry.ambiguous = True
+                entry.last_sent = now
+                entry.deadline = now + self.timeout(entry.retries)
+                out.append((entry.seq, entry.data))
+        return out
+
     def next_deadline(self) -> float:
         """When :meth:`due` next has work (a lower bound; ``inf`` when nothing is in flight)."""
         return self._earliest if self._by_seq else _INF
@@ -380,9 +436,9 @@ class SendWindow:
             entry.deadline = now + self.timeout(entry.retries)
             if entry.deadline < earliest:
                 earliest = entry.deadline
-            if entry.retries > backoff:
-                backoff = min(entry.retries, MAX_BACKOFF)
             resend.append((entry.seq, entry.data))
+        if resend and backoff < MAX_BACKOFF:
+            backoff += 1  # one more timeout with no acknowledgement in between
         self.backoff = backoff
         self._earliest = earliest
         return resend, failed
@@ -393,6 +449,7 @@ class SendWindow:
         self._by_seq.clear()
         self._by_id.clear()
         self._order.clear()
+        self.largest_acked = -1
         self._earliest = _INF
         return dropped
 

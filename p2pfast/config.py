@@ -64,6 +64,10 @@ class Config:
     max_routes_per_peer: int = 4096
     #: Seconds an outgoing handshake is retried (with backoff) before it fails.
     connect_timeout: float = 10.0
+    #: Seconds a routed reliable send waits for the destination's end-to-end confirmation.
+    delivery_timeout: float = 10.0
+    #: Seconds after a disconnect before discovery may connect to that address again.
+    reconnect_cooldown: float = 30.0
     #: Seconds between one-line statistics in the log (0 = never).
     stats_interval: float = 60.0
 
@@ -130,6 +134,9 @@ class Config:
         _positive_int("max_routes", self.max_routes)
         _positive_int("max_routes_per_peer", self.max_routes_per_peer)
         _positive_number("connect_timeout", self.connect_timeout)
+        _positive_number("delivery_timeout", self.delivery_timeout)
+        if type(self.reconnect_cooldown) not in (int, float) or self.reconnect_cooldown < 0:
+            raise ConfigError("reconnect_cooldown: expected a number >= 0")
         if type(self.stats_interval) not in (int, float) or self.stats_interval < 0:
             raise ConfigError("stats_interval: expected a number >= 0")
 

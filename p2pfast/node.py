@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 from ._speedups import codec, receive
 from .addr import format_addr, parse_addr
 from .config import Config
+from .delivery import DeliveryTracker
 from .errors import ProtocolError, SendError, WindowFull
 from .events import (
     ConnectFailed,
@@ -108,6 +109,8 @@ TOKEN_HEX = 32
 MAX_TOKEN_LEN = 64
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
+#: Addresses remembered for the reconnect cooldown after a disconnect.
+MAX_COOLDOWNS = 1024
 _INF = float("inf")
 #: Requests that an unauthenticated address is told to handshake first.
 _REQUEST_TYPES = frozenset(
@@ -138,6 +141,24 @@ def _is_echo(payload: Any) -> bool:
     """Whether a Data payload is an echo (``{"echo": ..., "timestamp": ...}``): it is never
     echoed again, so two echoing nodes cannot bounce a message between them."""
     return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
+
+
+def _union(ranges: list[list[int]]) -> list[tuple[int, int]]:
+    """Sorted ``[lo, hi]`` ranges with adjacent and overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of a token (any string a peer sends, non-ASCII included)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def _guess_refusal(text: str) -> str:
@@ -234,6 +255,10 @@ class Node:
         self.peers_by_id: dict[str, Peer] = {}
         self.routes = RoutingTable(config.max_routes, config.max_routes_per_peer)
         self.route_ids = RouteIdCache(config.route_cache_size, config.route_cache_ttl)
+        #: Routed reliable sends waiting for the destination's confirmation.
+        self.deliveries = DeliveryTracker(config.delivery_timeout, config.send_window)
+        #: Addresses discovery leaves alone until the time given (after a disconnect).
+        self._cooldown: dict[tuple, float] = {}
         self.counters = Counters()
         #: Loop iterations spent on hostile-controllable work (lists, ranges, routes) outside
         #: the send windows' own count: see :attr:`work`.
@@ -270,6 +295,7 @@ class Node:
         self._gap_at = _INF
         self._connect_at = _INF
         self._discovery_at = now if config.enable_discovery else _INF
+        self._delivery_at = _INF
         self._next_timer = _INF
         self._retimer()
         self._log_hostile = _LogLimiter()
@@ -366,6 +392,7 @@ class Node:
             self._gap_at,
             self._connect_at,
             self._discovery_at,
+            self._delivery_at,
         )
 
     # ------------------------------------------------------------------------------------
@@ -416,7 +443,11 @@ class Node:
     def flush_acks(self) -> None:
         """Encode one Ack per p2pfast peer for everything it is owed, as sequence-number
         ranges in the payload (``{"seq": [[lo, hi], ...]}``, each shorter than
-        ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received."""
+        ``MAX_ACK_RANGE_LEN``); ``ack_for`` is the id of the last of those messages received.
+
+        Like a QUIC ACK frame, the Ack also repeats the newest runs its duplicate filter has
+        seen (up to ``MAX_ACK_RANGES`` ranges in all), so a lost Ack is made good by the next
+        one instead of by a retransmission timeout."""
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
@@ -430,6 +461,12 @@ class Node:
                     lo = seq
                 hi = seq
             ranges.append([lo, hi])
+            if len(ranges) < MAX_ACK_RANGES:
+                owed = _union(ranges)
+                for lo, hi in peer.dup.ranges(MAX_ACK_RANGES - len(ranges)):
+                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1)
+                    if not any(a <= lo and hi <= b for a, b in owed):
+                        ranges.append([lo, hi])
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
                     T_ACK,
@@ -605,7 +642,9 @@ class Node:
         log.info("peer %s (%s) connected from %s", peer.node_id, info["name"], peer.addr_str)
         return peer
 
-    def _remove_peer(self, peer: Peer, reason: str, now: float, *, notify: bool = True) -> None:
+    def _remove_peer(
+        self, peer: Peer, reason: str, now: float, *, notify: bool = True, failure: str = "peer_gone"
+    ) -> None:
         if self.peers_by_addr.get(peer.addr) is peer:
             del self.peers_by_addr[peer.addr]
         if self.peers_by_id.get(peer.node_id) is peer:
@@ -615,8 +654,7 @@ class Node:
         self._inflight.discard(peer)
         self._gapped.discard(peer)
         for _seq, msg_id in peer.window.clear():
-            self.counters.send_failures += 1
-            self._events.append(SendFailed(msg_id, "peer_gone"))
+            self._hop_failed(msg_id, failure)
         self._events.append(PeerDisconnected(peer.node_id, peer.addr, reason))
         if notify:
             self._removed_since_broadcast = True
@@ -705,7 +743,7 @@ class Node:
         payload = msg.payload
         if type(payload) is dict and peer.echo_token:
             token = payload.get("token")
-            if type(token) is str and hmac.compare_digest(token, peer.echo_token):
+            if type(token) is str and _same_token(token, peer.echo_token):
                 self._echo_token(peer, msg.id, now)
 
     def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
@@ -794,7 +832,8 @@ class Node:
                 continue
             if node_id == self.node_id or node_id == peer.node_id or node_id in self.peers_by_id:
                 continue
-            self.routes.add(node_id, peer.node_id, 2)
+            caps = entry.get("capabilities")
+            self.routes.add(node_id, peer.node_id, 2, type(caps) is list and "p2pfast" in caps)
             if self.config.enable_discovery:
                 addr_text = entry.get("addr")
                 if type(addr_text) is str:
@@ -889,30 +928,23 @@ class Node:
             return True
         if self.route_ids.contains(route_id, now):
             self.counters.duplicates += 1
+            if destination == self.node_id and original.get("requires_ack") is True:
+                message_id = original.get("id")
+                if type(message_id) is str:  # our confirmation may have been lost: again
+                    self._confirm_delivery(source, message_id, now)
             return True
         hop_count += 1
         if hop_count > max_hops:
             self.counters.reject("hop_limit")
             return True
         if destination == self.node_id:
-            receiver = self._receiver
-            if (
-                receiver.deliver == DELIVER_APP
-                and 0 < receiver.app_limit <= receiver.app_pending
-            ):
-                self.counters.reject("app_busy")
-                return None
-            self.route_ids.seen(route_id, now)
-            self._deliver(
-                peer, source, original.get("payload"), original.get("id", ""), route_id, hop_count, now
-            )
-            return True
+            return self._routed_to_us(peer, source, route_id, original, hop_count, now)
         target = self.peers_by_id.get(destination)
         if target is None:
             hop_id = self.routes.next_hop(destination)
             target = self.peers_by_id.get(hop_id) if hop_id is not None else None
         if target is None or target is peer:
-            self._refuse(peer, f"no route to {destination}", "no_route", now)
+            self._refuse(peer, f"no route to {destination}", "no_route", now, answering=msg.id)
             return True
         forwarded = dict(payload)
         forwarded["hop_count"] = hop_count
@@ -929,19 +961,60 @@ class Node:
             self.counters.reject("next_hop_busy")
             return None
         except SendError as exc:
-            self._refuse(peer, f"cannot forward: {exc.detail or exc.reason}", exc.reason, now)
+            self._refuse(
+                peer, f"cannot forward: {exc.detail or exc.reason}", exc.reason, now, answering=msg.id
+            )
             return True
         self.route_ids.seen(route_id, now)
         self.counters.forwarded += 1
         return True
 
+    def _routed_to_us(
+        self, peer: Peer, source: str, route_id: str, original: dict, hops: int, now: float
+    ) -> bool | None:
+        """A routed message for this node: a confirmation of one we sent, or data for the
+        application (confirmed to its origin when asked); None when the application's queue
+        is full (the previous hop will offer it again)."""
+        if original.get("message_type") == "Ack":
+            self.route_ids.seen(route_id, now)
+            handle = original.get("ack_for")
+            if type(handle) is str and self.deliveries.confirm(handle, source):
+                self._events.append(SendCompleted(handle))
+                self._reopen_destinations()
+            return True
+        receiver = self._receiver
+        if receiver.deliver == DELIVER_APP and 0 < receiver.app_limit <= receiver.app_pending:
+            self.counters.reject("app_busy")
+            return None
+        self.route_ids.seen(route_id, now)
+        message_id = original.get("id")
+        self._deliver(peer, source, original.get("payload"), message_id or "", route_id, hops, now)
+        if original.get("requires_ack") is True and type(message_id) is str:
+            self._confirm_delivery(source, message_id, now)
+        return True
+
     def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
         text = payload.get("error") if type(payload) is dict else payload
+        code = payload.get("code") if type(payload) is dict else None
+        handle = msg.ack_for
+        if handle is not None and handle in self.deliveries:
+            # the refusal names one of our routed messages: it will not be delivered
+            self._hop_failed(handle, code if code in ("no_route", "too_large") else "refused")
         log.info("peer %s reported an error: %.200s", peer.node_id, text)
 
     def _on_disconnect(self, peer: Peer, msg: Any, now: float) -> None:
+        self._cool_down(peer.addr, now)
         self._remove_peer(peer, "disconnect", now)
+
+    def _cool_down(self, addr: tuple, now: float) -> None:
+        """Discovery leaves ``addr`` alone for ``reconnect_cooldown`` (a peer that said
+        goodbye, or that we left, is not dialled again at once)."""
+        cooldown = self._cooldown
+        if len(cooldown) >= MAX_COOLDOWNS:
+            for stale in [a for a, until in cooldown.items() if until <= now] or [next(iter(cooldown))]:
+                del cooldown[stale]
+        cooldown[addr] = now + self.config.reconnect_cooldown
 
     def _on_ack(self, peer: Peer, msg: Any, now: float) -> None:
         ack_for = msg.ack_for
@@ -964,16 +1037,45 @@ class Node:
             self.counters.acks_received += 1
             if win.on_ack(ack_for, now) < 0:
                 return
-            self._events.append(SendCompleted(ack_for))
+            self._hop_completed(ack_for)
+        for _seq, data in win.lost(now):  # later messages got through: these did not
+            self.counters.retransmits += 1
+            self._queue(data, peer, T_DATA)
         if peer.window_blocked:
             peer.window_blocked = False
             self._events.append(WindowOpened(peer.node_id))
         if not len(win):
             self._inflight.discard(peer)
 
+    def _hop_completed(self, msg_id: str) -> None:
+        """The next hop acknowledged ``msg_id``: the send is complete unless it waits for the
+        destination's own confirmation (or it is one of ours)."""
+        if msg_id in self.deliveries:
+            return
+        quiet = self.deliveries.quiet
+        if msg_id in quiet:
+            quiet.discard(msg_id)
+            return
+        self._events.append(SendCompleted(msg_id))
+
+    def _hop_failed(self, msg_id: str, reason: str) -> None:
+        """``msg_id`` cannot reach the next hop (or the destination refused it)."""
+        quiet = self.deliveries.quiet
+        if msg_id in quiet:
+            quiet.discard(msg_id)
+            return
+        self.deliveries.fail(msg_id)
+        self._reopen_destinations()
+        self.counters.send_failures += 1
+        self._events.append(SendFailed(msg_id, reason))
+
+    def _reopen_destinations(self) -> None:
+        for destination in self.deliveries.reopened():
+            self._events.append(WindowOpened(destination))
+
     def _check_token(self, peer: Peer, token: Any, now: float) -> None:
         """The peer echoed a token: its address is proven when it is the one we gave it."""
-        if peer.token and type(token) is str and hmac.compare_digest(token, peer.token):
+        if peer.token and type(token) is str and _same_token(token, peer.token):
             peer.proven = True
             peer.token = ""
             log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
@@ -997,9 +1099,8 @@ class Node:
                 continue
             valid.append((lo, hi))
         acked = peer.window.on_ack_ranges(valid, now)
-        events = self._events
         for msg_id in acked:
-            events.append(SendCompleted(msg_id))
+            self._hop_completed(msg_id)
         self.counters.acks_received += len(acked)
         return len(acked)
 
@@ -1147,6 +1248,7 @@ class Node:
         return self._pending_connects.pop(addr, None) is not None
 
     def _maybe_connect(self, addr: tuple, now: float) -> None:
+        """Discovery's connect: only new addresses, within max_connections, not cooling down."""
         if (
             addr in self.peers_by_addr
             or addr in self._pending_connects
@@ -1154,6 +1256,11 @@ class Node:
             or len(self.peers_by_id) + len(self._pending_connects) >= self.config.max_connections
         ):
             return
+        until = self._cooldown.get(addr)
+        if until is not None:
+            if now < until:
+                return
+            del self._cooldown[addr]
         self.connect(addr, now)
 
     def send_data(
@@ -1163,38 +1270,94 @@ class Node:
 
         Direct peers get a Data message; others a routed Data via the learned next hop. With
         ``reliable`` the message is retransmitted until acked by the next hop, and a
-        SendCompleted or SendFailed event carries the handle. Raises WindowFull when the
-        next hop's window is full, SendError when there is no route or it is too large.
+        SendCompleted or SendFailed event carries the handle: for a direct peer when it has
+        the message; for a routed p2pfast destination when the destination confirms it end to
+        end (SendFailed ``no_route`` or ``timeout`` when it cannot be delivered); for a routed
+        seed destination, which cannot confirm, when the first hop has it. Raises WindowFull
+        when the next hop's window (or the destination's end-to-end window) is full, SendError
+        when there is no route or it is too large.
         """
         if self.closed:
             raise SendError("shutdown", "node is closed")
         peer = self.peers_by_id.get(node_id)
         msg_id = self._new_id()
         ts = int(now + self.wall_offset)
+        confirmed = False
         if peer is None:
             hop_id = self.routes.next_hop(node_id)
             peer = self.peers_by_id.get(hop_id) if hop_id is not None else None
             if peer is None:
                 raise SendError("no_route", f"no peer or route for {node_id}")
-            payload = {
-                "destination_node": node_id,
-                "hop_count": 0,
-                "max_hops": self.config.max_hops,
-                "original_message": {
-                    "ack_for": None,
-                    "id": msg_id,
-                    "message_type": "Data",
-                    "payload": payload,
-                    "requires_ack": False,
-                    "sender_addr": None,
-                    "sequence_number": None,
-                    "timestamp": ts,
-                },
-                "route_id": self._new_id(),
-                "source_node": self.node_id,
-            }
+            confirmed = reliable and self.routes.speaks_p2pfast(node_id)
+            if confirmed and self.deliveries.full(node_id):
+                exc = WindowFull(
+                    f"{self.deliveries.per_destination} messages to {node_id} await its confirmation"
+                )
+                exc.node_id = node_id
+                raise exc
+            payload = self._routed(node_id, msg_id, payload, ts, confirm=confirmed)
         self._send_data_to(peer, payload, msg_id, ts, reliable, now)
+        if confirmed:
+            self.deliveries.expect(msg_id, node_id, now)
+            deadline = now + self.deliveries.timeout
+            if deadline < self._delivery_at:
+                self._delivery_at = deadline
+                if deadline < self._next_timer:
+                    self._next_timer = deadline
         return msg_id
+
+    def _routed(
+        self,
+        destination: str,
+        msg_id: str,
+        payload: Any,
+        ts: int,
+        *,
+        confirm: bool = False,
+        kind: str = "Data",
+        answering: str | None = None,
+    ) -> dict:
+        """A routed Data payload from this node: ``original_message`` carries the application
+        payload (``kind`` Data; ``requires_ack`` asks the destination to confirm end to end),
+        or a confirmation (``kind`` Ack, ``answering`` the confirmed message's id)."""
+        return {
+            "destination_node": destination,
+            "hop_count": 0,
+            "max_hops": self.config.max_hops,
+            "original_message": {
+                "ack_for": answering,
+                "id": msg_id,
+                "message_type": kind,
+                "payload": payload,
+                "requires_ack": confirm,
+                "sender_addr": None,
+                "sequence_number": None,
+                "timestamp": ts,
+            },
+            "route_id": self._new_id(),
+            "source_node": self.node_id,
+        }
+
+    def _confirm_delivery(self, destination: str, message_id: str, now: float) -> None:
+        """Tell the origin of a routed message we received that we have it (a routed Ack,
+        carried reliably hop by hop like any routed message; its own events stay internal)."""
+        hop = self.peers_by_id.get(destination)
+        if hop is None:
+            hop_id = self.routes.next_hop(destination)
+            hop = self.peers_by_id.get(hop_id) if hop_id is not None else None
+        if hop is None:
+            self.counters.reject("confirmation_unroutable")
+            return
+        ts = int(now + self.wall_offset)
+        ack_id = self._new_id()
+        payload = self._routed(destination, ack_id, None, ts, kind="Ack", answering=message_id)
+        try:
+            self._send_data_to(hop, payload, ack_id, ts, hop.p2pfast, now)
+        except (WindowFull, SendError):
+            self.counters.reject("confirmation_dropped")  # the origin times out
+            return
+        if hop.p2pfast:
+            self.deliveries.quiet.add(ack_id)
 
     def _send_data_to(
         self, peer: Peer, payload: Any, msg_id: str, ts: int, reliable: bool, now: float
@@ -1281,6 +1444,7 @@ class Node:
             peer,
             T_DISCONNECT,
         )
+        self._cool_down(peer.addr, now)
         self._remove_peer(peer, "shutdown" if reason == "shutdown" else "disconnect", now)
 
     def close(self, now: float, reason: str = "shutdown") -> None:
@@ -1291,14 +1455,16 @@ class Node:
         data = encode(T_DISCONNECT, {"reason": reason}, ts)
         for peer in list(self.peers_by_id.values()):
             self._queue(data, peer, T_DISCONNECT)
-            self._remove_peer(peer, "shutdown", now, notify=False)
+            self._remove_peer(peer, "shutdown", now, notify=False, failure="shutdown")
+        for handle in self.deliveries.clear():
+            self._events.append(SendFailed(handle, "shutdown"))
         for addr in list(self._pending_connects):
             self._events.append(ConnectFailed(addr, "the node is shutting down", "shutdown"))
         self._pending_connects.clear()
         self.closed = True
         self._heartbeat_at = self._housekeeping_at = self._stats_at = _INF
         self._broadcast_at = self._window_at = self._gap_at = self._connect_at = _INF
-        self._discovery_at = _INF
+        self._discovery_at = self._delivery_at = _INF
         self._next_timer = _INF
 
     # ------------------------------------------------------------------------------------
@@ -1327,6 +1493,11 @@ class Node:
             self._run_heartbeat(now)
         if now >= self._discovery_at:
             self._run_discovery(now)
+        if now >= self._delivery_at:
+            for handle in self.deliveries.expire(now):
+                self._events.append(SendFailed(handle, "timeout"))
+            self._reopen_destinations()
+            self._delivery_at = self.deliveries.next_deadline()
         if now >= self._housekeeping_at:
             self.route_ids.expire(now)
             self._housekeeping_at = now + min(30.0, self.config.route_cache_ttl)
@@ -1345,8 +1516,7 @@ class Node:
                 self._queue(data, peer, T_DATA)
             if failed:
                 for _seq, msg_id in failed:
-                    counters.send_failures += 1
-                    self._events.append(SendFailed(msg_id, "timeout"))
+                    self._hop_failed(msg_id, "timeout")
                 if peer.window_blocked:
                     peer.window_blocked = False
                     self._events.append(WindowOpened(peer.node_id))
@@ -1512,13 +1682,19 @@ class Node:
         self._emit(data, peer.addr, mtype)
         return True
 
-    def _refuse(self, peer: Peer, text: str, code: str, now: float) -> None:
-        """Refuse a peer's request: counted, and a small Error (within the budget)."""
+    def _refuse(
+        self, peer: Peer, text: str, code: str, now: float, *, answering: str | None = None
+    ) -> None:
+        """Refuse a peer's request: counted, and a small Error (within the budget) that names
+        the refused message in ``ack_for`` when given."""
         self.counters.reject(code)
-        self._error_to(peer, text, code, now)
+        self._error_to(peer, text, code, now, answering)
 
-    def _error_to(self, peer: Peer, text: str, code: str, now: float) -> None:
-        data = encode(T_ERROR, {"code": code, "error": text[:200]}, int(now + self.wall_offset))
+    def _error_to(
+        self, peer: Peer, text: str, code: str, now: float, answering: str | None = None
+    ) -> None:
+        payload = {"code": code, "error": text[:200]}
+        data = encode(T_ERROR, payload, int(now + self.wall_offset), ack_for=answering)
         self._queue(data, peer, T_ERROR)
 
     def _sample_peers(self, limit: int) -> list[Peer]:

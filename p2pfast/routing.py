@@ -18,13 +18,16 @@ class RoutingTable:
     most ``max_per_hop`` routes, so no single peer can fill the table.
     """
 
-    __slots__ = ("max_routes", "max_per_hop", "_routes", "_by_hop")
+    __slots__ = ("max_routes", "max_per_hop", "_routes", "_by_hop", "_p2pfast")
 
     def __init__(self, max_routes: int = 65_536, max_per_hop: int = 4096) -> None:
         self.max_routes = max_routes
         self.max_per_hop = max_per_hop
         self._routes: dict[str, tuple[str, int]] = {}
         self._by_hop: dict[str, set[str]] = {}
+        #: Destinations that announced the ``p2pfast`` capability (they confirm routed
+        #: messages end to end).
+        self._p2pfast: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -33,7 +36,11 @@ class RoutingTable:
         """How many routes go through ``next_hop``."""
         return len(self._by_hop.get(next_hop, ()))
 
-    def add(self, destination: str, next_hop: str, distance: int) -> bool:
+    def speaks_p2pfast(self, destination: str) -> bool:
+        """Whether the route's destination announced the ``p2pfast`` capability."""
+        return destination in self._p2pfast
+
+    def add(self, destination: str, next_hop: str, distance: int, p2pfast: bool = False) -> bool:
         """Learn a route; False when it is not shorter than the one held, or the table (or
         this next hop's share of it) is full."""
         current = self._routes.get(destination)
@@ -48,6 +55,10 @@ class RoutingTable:
         if current is not None:
             self._unlink(destination, current[0])
         self._routes[destination] = (next_hop, distance)
+        if p2pfast:
+            self._p2pfast.add(destination)
+        else:
+            self._p2pfast.discard(destination)
         if via is None:
             self._by_hop[next_hop] = via = set()
         via.add(destination)
@@ -63,9 +74,11 @@ class RoutingTable:
         route = self._routes.pop(node_id, None)
         if route is not None:
             self._unlink(node_id, route[0])
+            self._p2pfast.discard(node_id)
             removed += 1
         for destination in self._by_hop.pop(node_id, ()):
             if self._routes.pop(destination, None) is not None:
+                self._p2pfast.discard(destination)
                 removed += 1
         return removed
 

@@ -800,7 +800,7 @@ class SendModel:
 
     The estimate follows RFC 6298 from the samples; each message backs off on its own
     (``rto * 2**retries``, capped); messages added while nothing answers start at the window's
-    backoff, which any ack clears."""
+    backoff (timeouts since the last ack), which any ack clears."""
 
     def __init__(self, capacity, max_retries, rto_initial, rto_min, rto_max, granularity, max_span=1024):
         self.capacity, self.max_retries = capacity, max_retries
@@ -810,6 +810,7 @@ class SendModel:
         self.samples: list[float] = []
         self.entries: list[dict] = []  # send order
         self.backoff = 0
+        self.largest, self.largest_sent = -1, 0.0
 
     def timeout(self, k):
         return min(self.rto * 2.0 ** min(k, 16), self.rto_max)
@@ -835,6 +836,8 @@ class SendModel:
     def _ack(self, e, now):
         self.entries.remove(e)
         self.backoff = 0
+        if e["seq"] > self.largest:
+            self.largest, self.largest_sent = e["seq"], e["last"]
         if not e["amb"]:
             self.samples.append(now - e["sent"])
             self.rto = rfc6298(self.samples, self.g, self.rto_min, self.rto_max)[2]
@@ -883,13 +886,26 @@ class SendModel:
                 e["n"] += 1
                 e["amb"], e["last"] = True, now
                 e["deadline"] = now + self.timeout(e["n"])
-                self.backoff = max(self.backoff, min(e["n"], 16))
                 resend.append((e["seq"], e["data"]))
+        if resend:
+            self.backoff = min(self.backoff + 1, 16)
         return resend, failed
+
+    def lost(self, now):
+        out = []
+        for e in self.entries:
+            if e["seq"] > self.largest - 3:
+                break
+            if e["last"] < self.largest_sent:
+                e["amb"], e["last"] = True, now
+                e["deadline"] = now + self.timeout(e["n"])
+                out.append((e["seq"], e["data"]))
+        return out
 
     def clear(self):
         out = [(e["seq"], e["id"]) for e in self.entries]
         self.entries.clear()
+        self.largest = -1
         return out
 
     def earliest(self):
@@ -903,6 +919,7 @@ _send_ops = st.lists(
         st.tuples(st.just("ack_seq"), st.integers(0, 6)),
         st.tuples(st.just("resend"), st.integers(0, 6)),
         st.tuples(st.just("ranges"), st.integers(0, 6), st.integers(0, 3)),
+        st.tuples(st.just("lost"), st.just(0)),
         st.tuples(st.just("get"), st.integers(0, 6)),
         st.tuples(st.just("due"), st.just(0)),
         st.tuples(st.just("wait"), st.floats(0.0, 3.0, allow_nan=False)),
@@ -937,6 +954,8 @@ def _apply(obj, op, a, b, now):
             return obj.on_ack_seq(a, now), now
         if op == "resend":
             return obj.resend(a, now), now
+        if op == "lost":
+            return obj.lost(now), now
         if op == "ranges":
             return obj.on_ack_ranges([(a, a + b), (b, b + 1)], now), now
         if op == "get":
@@ -971,7 +990,7 @@ def test_send_matches_model(window, params, ops):
         want, _ = _apply(model, kind, a, b, now)
         assert got == want, (kind, a, b, now)
         assert sw.rto == model.rto
-        assert sw.backoff == model.backoff
+        assert sw.backoff == model.backoff and sw.largest_acked == model.largest
         assert sw.oldest() == min((e["seq"] for e in model.entries), default=-1)
         assert len(sw) == len(model.entries)
         assert sw.full == (len(model.entries) >= params["capacity"])
@@ -1008,3 +1027,49 @@ def test_send_c_agrees_with_py(window, params, ops):
         state_p = (sp.srtt, sp.rttvar, sp.rto, len(sp), sp.available, sp.full, sp.next_deadline(), sp.backoff, sp.oldest(), sp.work)
         assert state_c == state_p
         assert [s in sc for s in range(7)] == [s in sp for s in range(7)]
+
+
+def test_send_lost_by_packet_threshold(window):
+    sw = window.SendWindow(rto_initial=1.0)
+    for i in range(1, 11):
+        sw.add(i, f"m{i}", b"%d" % i, i * 0.01)
+    assert sw.lost(0.2) == []  # nothing acked yet: no evidence
+    assert sw.on_ack("m6", 0.2) == 6 and sw.largest_acked == 6
+    assert sw.lost(0.2) == [(1, b"1"), (2, b"2"), (3, b"3")]  # 3 below 6, sent before it
+    assert sw.lost(0.21) == []  # resent after 6 left: no new evidence yet
+    assert sw.rto < 1.0 and sw.backoff == 0  # no backoff for a loss detected by acks
+    sw.add(11, "m11", b"11", 0.3)
+    assert sw.on_ack("m11", 0.35) == 11  # sent after the resends: they are lost again
+    assert [s for s, _ in sw.lost(0.35)] == [1, 2, 3, 4, 5, 7, 8]
+    assert sw.on_ack("m1", 0.4) == 1  # ambiguous now: no sample from it
+    assert sw.largest_acked == 11
+
+
+def test_filter_ranges_newest_first(window):
+    f = window.DuplicateFilter(64)
+    assert f.ranges() == []
+    for s in (1, 2, 3, 7, 9, 10):
+        f.check(s)
+    assert f.ranges() == [[9, 10], [7, 7], [1, 3]]
+    assert f.ranges(2) == [[9, 10], [7, 7]]
+    f.check(100)  # slides: only 37..100 stay inside
+    assert f.ranges() == [[100, 100]]
+    f.check(40)
+    f.check(37)
+    assert f.ranges() == [[100, 100], [40, 40], [37, 37]]
+
+
+@HYPO
+@given(width=st.sampled_from([64, 128, 1024]), seqs=st.lists(st.integers(0, 3000), max_size=200), limit=st.integers(0, 70))
+def test_filter_ranges_match_the_set_model(window, width, seqs, limit):
+    f = window.DuplicateFilter(width)
+    for s in seqs:
+        f.check(s)
+    seen = [x for x in range(max(0, f.highest - width + 1), f.highest + 1) if f.contains(x)]
+    runs: list[list[int]] = []
+    for x in reversed(seen):
+        if runs and runs[-1][0] == x + 1:
+            runs[-1][0] = x
+        else:
+            runs.append([x, x])
+    assert f.ranges(limit) == runs[:limit]
