@@ -50,7 +50,7 @@ class Config:
     send_window: int = 256
     max_retries: int = 8
     rto_initial: float = 1.0
-    rto_min: float = 0.2
+    rto_min: float = 0.1
     rto_max: float = 60.0
     #: Width of the per-peer duplicate filter (a power of two).
     duplicate_window: int = 1024

@@ -101,6 +101,9 @@ MAX_RETRANSMIT_REQUEST = 64
 #: average per second (a token bucket of one request's worth).
 RESEND_BURST = 256 * 1024
 RESEND_RATE = 1024 * 1024
+#: A persisting sequence gap is asked for at most this many times, at most this far apart.
+GAP_REQUESTS = 32
+GAP_RETRY_MAX = 2.0
 #: Outgoing handshakes are retried with exponential backoff up to this interval, until the
 #: caller's deadline.
 CONNECT_RETRY_MAX = 4.0
@@ -464,8 +467,8 @@ class Node:
             if len(ranges) < MAX_ACK_RANGES:
                 owed = _union(ranges)
                 for lo, hi in peer.dup.ranges(MAX_ACK_RANGES - len(ranges)):
-                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1)
-                    if not any(a <= lo and hi <= b for a, b in owed):
+                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1, 1)  # 0 stands for "nothing yet"
+                    if hi >= lo and not any(a <= lo and hi <= b for a, b in owed):
                         ranges.append([lo, hi])
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
@@ -1038,7 +1041,10 @@ class Node:
             if win.on_ack(ack_for, now) < 0:
                 return
             self._hop_completed(ack_for)
-        for _seq, data in win.lost(now):  # later messages got through: these did not
+        lost = win.lost(now)
+        if lost:
+            log.debug("retransmitting %d message(s) to peer %s: later ones were acked", len(lost), peer.node_id)
+        for _seq, data in lost:  # later messages got through: these did not
             self.counters.retransmits += 1
             self._queue(data, peer, T_DATA)
         if peer.window_blocked:
@@ -1117,6 +1123,7 @@ class Node:
             self.counters.reject("bad_payload")
             return
         self.counters.retransmit_requests += 1
+        log.debug("peer %s asks for %d retransmission(s)", peer.node_id, len(numbers))
         # Refill the per-peer allowance (a token bucket of RESEND_BURST at RESEND_RATE/s).
         elapsed = now - peer.resend_at
         peer.resend_at = now
@@ -1511,6 +1518,11 @@ class Node:
         for peer in list(self._inflight):
             win = peer.window
             resend, failed = win.due(now)
+            if resend:
+                log.debug(
+                    "retransmitting %d message(s) to peer %s on timeout (rto %.3f s)",
+                    len(resend), peer.node_id, win.rto,
+                )
             for _seq, data in resend:
                 counters.retransmits += 1
                 self._queue(data, peer, T_DATA)
@@ -1535,20 +1547,28 @@ class Node:
         self._window_at = earliest
 
     def _run_gaps(self, now: float) -> None:
+        """Ask for what is missing: once a gap has lasted ``gap_delay``, then again (backing
+        off, ``GAP_REQUESTS`` times at most) while it lasts, since a request, or the
+        retransmission it asks for, may be lost too."""
         earliest = _INF
         ts = int(now + self.wall_offset)
         for peer in list(self._gapped):
             if peer.gap_at > now:
                 earliest = min(earliest, peer.gap_at)
                 continue
-            peer.gap_at = _INF
-            self._gapped.discard(peer)
             missing = peer.dup.missing(MAX_RETRANSMIT_REQUEST)
-            if missing:
-                self.counters.retransmit_requests += 1
-                self._queue(
-                    encode(T_RETRANSMIT, {"sequence_numbers": missing}, ts), peer, T_RETRANSMIT
-                )
+            if not missing or peer.gap_requests >= GAP_REQUESTS:
+                peer.gap_at = _INF
+                peer.gap_requests = 0
+                self._gapped.discard(peer)
+                continue
+            self.counters.retransmit_requests += 1
+            log.debug("asking peer %s to retransmit %d message(s)", peer.node_id, len(missing))
+            self._queue(encode(T_RETRANSMIT, {"sequence_numbers": missing}, ts), peer, T_RETRANSMIT)
+            peer.gap_requests += 1
+            wait = max(self.config.gap_delay, peer.window.rto) * 2.0 ** peer.gap_requests
+            peer.gap_at = now + min(wait, GAP_RETRY_MAX)
+            earliest = min(earliest, peer.gap_at)
         self._gap_at = earliest
 
     def _run_connects(self, now: float) -> None:
@@ -1688,6 +1708,7 @@ class Node:
         """Refuse a peer's request: counted, and a small Error (within the budget) that names
         the refused message in ``ack_for`` when given."""
         self.counters.reject(code)
+        log.debug("refused a request from peer %s (%s): %.200s", peer.node_id, code, text)
         self._error_to(peer, text, code, now, answering)
 
     def _error_to(

@@ -51,6 +51,7 @@ class Peer(receive.Session):
         "echo_token",
         "resend_allowance",
         "resend_at",
+        "gap_requests",
     )
 
     def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
@@ -62,6 +63,10 @@ class Peer(receive.Session):
         self.p2pfast = "p2pfast" in caps
         self.last_seen = now
         self.dup = window.DuplicateFilter(config.duplicate_window)
+        if self.p2pfast:
+            # A p2pfast session numbers its messages from 1: with 0 marked seen, the loss of
+            # the very first one is a gap like any other (asked for, never skipped).
+            self.dup.check(0)
         self.window = window.SendWindow(
             config.send_window,
             config.max_retries,
@@ -73,6 +78,7 @@ class Peer(receive.Session):
         )
         self.next_seq = 1
         self.gap_at = _INF
+        self.gap_requests = 0  # Retransmit requests sent for the gap being waited on
         self.window_blocked = False
         #: Our pings awaiting a Pong, id -> time sent (oldest first).
         self.pings: dict[str, float] = {}

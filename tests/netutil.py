@@ -19,6 +19,7 @@ from typing import Iterator
 import orjson
 
 from p2pfast._speedups import codec
+from p2pfast.relay import LossyRelay  # noqa: F401  (re-exported for the tests)
 from p2pfast.protocol import MessageType as T
 
 def on_uvloop(fn):
@@ -153,65 +154,6 @@ class SeedClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-class LossyRelay(asyncio.DatagramProtocol):
-    """A seeded user-space "netem": forwards between one client and one target address,
-    dropping, duplicating and reordering datagrams with the given probabilities.
-
-    The client talks to ``relay.addr``; the target sees the relay's second socket as the client.
-    """
-
-    def __init__(self, target: tuple, *, loss: float, duplicate: float, reorder: float, seed: int) -> None:
-        self.target = target
-        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
-        self.rng = random.Random(seed)
-        self.client: tuple | None = None
-        self.front: asyncio.DatagramTransport | None = None
-        self.back: asyncio.DatagramTransport | None = None
-        self.forwarded = self.dropped = self.duplicated = self.reordered = 0
-        self._held: list[tuple[asyncio.DatagramTransport, bytes, tuple]] = []
-
-    async def start(self) -> tuple:
-        loop = asyncio.get_running_loop()
-        relay = self
-
-        class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple) -> None:
-                if relay.client is not None:
-                    relay._forward(relay.front, data, relay.client)  # type: ignore[arg-type]
-
-        self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
-        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
-        self.addr = self.front.get_extra_info("sockname")[:2]
-        return self.addr
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.client = addr
-        self._forward(self.back, data, self.target)  # type: ignore[arg-type]
-
-    def _forward(self, transport: asyncio.DatagramTransport, data: bytes, to: tuple) -> None:
-        rng = self.rng
-        if rng.random() < self.loss:
-            self.dropped += 1
-            return
-        if rng.random() < self.reorder:
-            self.reordered += 1
-            self._held.append((transport, data, to))  # sent after the next datagram
-            return
-        copies = 2 if rng.random() < self.duplicate else 1
-        self.duplicated += copies - 1
-        for _ in range(copies):
-            transport.sendto(data, to)
-            self.forwarded += 1
-        held, self._held = self._held, []
-        for t, d, a in held:
-            t.sendto(d, a)
-
-    def close(self) -> None:
-        for t in (self.front, self.back):
-            if t is not None:
-                t.close()
 
 
 def iter_types(msgs: list) -> Iterator[str]:

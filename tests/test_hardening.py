@@ -496,3 +496,24 @@ def test_hostile_datagram_sequences_never_break_the_engine_rules(steps):
         assert "internal_error" not in node.counters.rejected
     net.run(60.0)  # and the timers afterwards
     assert "internal_error" not in node.counters.rejected
+
+
+def test_a_lost_first_message_is_asked_for_and_a_persisting_gap_again():
+    net = VirtualNet(14, delay=0.005)
+    server, client = p2p_pair(net, rto_initial=30.0, rto_min=30.0, rto_max=60.0)  # no timer help
+    first = client.peers_by_id[server.node_id].next_seq
+    requests: list[list[int]] = []
+
+    def lose(data: bytes, src: tuple, dst: tuple) -> bool:
+        msg = codec.decode(data)
+        if msg.type == T.Retransmit:
+            requests.append(msg.payload["sequence_numbers"])
+            return len(requests) <= 2  # the first two requests are lost as well
+        return msg.type == T.Data and msg.sequence_number == first and not requests
+
+    net.drop_rules.append(lose)
+    for n in range(3):
+        client.send_data(server.node_id, {"n": n}, net.now)
+    net.flush()
+    assert net.run(10.0, lambda: len(delivered(net, server)) == 3)
+    assert [r[0] for r in requests[:3]] == [first, first, first]  # the very first number too
