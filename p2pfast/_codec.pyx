@@ -764,6 +764,8 @@ cdef int _id_pos = _ID_BATCH
 cdef int _id_refill() except -1:
     global _id_pos
     cdef bytes fresh = _urandom(16 * _ID_BATCH)  # may release the GIL
+    if len(fresh) != 16 * _ID_BATCH:
+        raise ValueError("the id entropy source returned the wrong number of bytes")
     # From here on no Python code runs until the caller has taken its slot.
     memcpy(_id_buf, PyBytes_AS_STRING(fresh), 16 * _ID_BATCH)
     _id_pos = 0
@@ -803,6 +805,15 @@ def _reset_ids():
     """Drop the buffered random bytes (after fork, so parent and child never share ids)."""
     global _id_pos
     _id_pos = _ID_BATCH
+
+
+def set_id_entropy(source):
+    """Draw the random bytes of every id from ``source(n)`` (e.g. a seeded
+    ``random.Random(seed).randbytes``, for a reproducible simulation), or from
+    ``os.urandom`` again with None. Process-wide; buffered ids are dropped."""
+    global _urandom
+    _urandom = os.urandom if source is None else source
+    _reset_ids()
 
 
 if hasattr(os, "register_at_fork"):

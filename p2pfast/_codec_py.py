@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -199,16 +199,33 @@ _VARIANT = "89ab89ab89ab89ab"
 _ids: list[str] = []
 
 
+#: Where the random bytes of ids come from (see :func:`set_id_entropy`).
+_entropy: Callable[[int], bytes] = os.urandom
+
+
 def _refill_ids() -> str:
     global _ids
-    h = os.urandom(16 * _ID_BATCH).hex()
+    raw = _entropy(16 * _ID_BATCH)
+    if len(raw) != 16 * _ID_BATCH:
+        raise ValueError("the id entropy source returned the wrong number of bytes")
+    h = raw.hex()
     batch = [
         f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
         f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * _ID_BATCH, 32)
     ]
+    batch.reverse()  # handed out from the end: the first slot first, as the compiled twin
     _ids = batch
     return batch.pop()
+
+
+def set_id_entropy(source: Callable[[int], bytes] | None) -> None:
+    """Draw the random bytes of every id from ``source(n)`` (e.g. a seeded
+    ``random.Random(seed).randbytes``, for a reproducible simulation), or from
+    ``os.urandom`` again with None. Process-wide; buffered ids are dropped."""
+    global _entropy
+    _entropy = os.urandom if source is None else source
+    _reset_ids()
 
 
 def _reset_ids() -> None:

@@ -12,12 +12,21 @@ Security model: nothing from an address that has not completed a handshake creat
 everything sent to an address whose return path is not proven stays within 3× the bytes
 received from it (cumulatively, as in QUIC); a p2pfast peer proves its address by echoing a
 token from our HandshakeResponse; every table is bounded, no datagram can raise out of the
-engine, and the work one datagram causes is bounded by its size and by what is in flight.
+engine, and the work one datagram causes is bounded by its size and by what is in flight
+(docs/reliability.md).
+
+This module is longer than the ~1,000 lines the project aims for, on purpose: the handlers of
+the seventeen message types and the timers all read and write the same session, window and
+routing tables, and splitting them into mixins would spread one state machine over many
+files. What does not touch that state lives in its own module: sessions (``peer``), the
+compiled first stage of every datagram (``_receive``), the windows (``_window``), routing
+tables (``routing``), peer lists (``peerlist``), Ack ranges and the resend allowance
+(``reliability``), handshake retries, refusals and tokens (``handshake``), and end-to-end
+confirmation (``delivery``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import random
 import secrets
@@ -43,7 +52,30 @@ from .events import (
     SendFailed,
     WindowOpened,
 )
+from .handshake import (
+    MAX_TOKEN_LEN,
+    REFUSAL_REASONS,
+    TOKEN_HEX,
+    PendingConnect,
+    guess_refusal,
+    same_token,
+)
+from .logutil import LogLimiter
 from .peer import DEFAULT_RX_WINDOW, MAX_OUTSTANDING, RX_WINDOW_KEY, Peer, validate_node_info
+from .peerlist import (
+    ENVELOPE_OVERHEAD,
+    discovery_datagrams,
+    discovery_slice,
+    node_list_datagrams,
+)
+from .reliability import (
+    MAX_ACK_RANGE_LEN,
+    MAX_ACK_RANGES,
+    MAX_RETRANSMIT_REQUEST,
+    ResendAllowance,
+    ack_ranges,
+    parse_ack_ranges,
+)
 from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
 from .stats import Counters, PeerStats, ServerStats, snapshot
@@ -88,30 +120,17 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 #: bytes received from it (per datagram for addresses without a session, cumulatively for
 #: sessions).
 AMPLIFICATION_FACTOR = receive.AMPLIFICATION_FACTOR
-#: Room left in a datagram for the envelope around a list payload.
-ENVELOPE_OVERHEAD = 256
 #: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
 BROADCAST_LIMIT = 64
-#: Coalesced Acks carry at most this many ranges, each at most this long.
-MAX_ACK_RANGES = 64
-MAX_ACK_RANGE_LEN = 4096
-#: Retransmit requests carry at most this many sequence numbers.
-MAX_RETRANSMIT_REQUEST = 64
-#: Bytes resent on a peer's Retransmit requests: at most this much per request, and on
-#: average per second (a token bucket of one request's worth).
-RESEND_BURST = 256 * 1024
-RESEND_RATE = 1024 * 1024
 #: A persisting sequence gap is asked for at most this many times, at most this far apart.
 GAP_REQUESTS = 32
 GAP_RETRY_MAX = 2.0
-#: Outgoing handshakes are retried with exponential backoff up to this interval, until the
-#: caller's deadline.
-CONNECT_RETRY_MAX = 4.0
-#: Length of the anti-amplification token (hex characters) and the longest we echo.
-TOKEN_HEX = 32
-MAX_TOKEN_LEN = 64
 #: Pending outgoing handshakes held at once.
 MAX_PENDING_CONNECTS = 1024
+#: New addresses one received peer list may make this node dial.
+DIALS_PER_LIST = 8
+#: A session's first sequence number is drawn below this (leaving 2**31 numbers before u32 ends).
+FIRST_SEQ_LIMIT = 2**31 - 2
 #: Addresses remembered for the reconnect cooldown after a disconnect.
 MAX_COOLDOWNS = 1024
 _INF = float("inf")
@@ -129,85 +148,10 @@ _REQUEST_TYPES = frozenset(
 _ROUTED_KEYS = receive.ROUTED_KEYS
 
 
-#: Why a peer refuses a handshake (the ``code`` of its Error), in words for people.
-REFUSAL_REASONS = {
-    "network_mismatch": "the peer is on a different network id",
-    "server_full": "the peer has reached its max_connections",
-    "node_id_taken": "the peer already has a session with this node id",
-    "invalid_node_info": "the peer refused our NodeInfo",
-    "handshake_required": "the peer has no session with this node",
-    "refused": "the peer refused the handshake",
-}
-
-
 def _is_echo(payload: Any) -> bool:
     """Whether a Data payload is an echo (``{"echo": ..., "timestamp": ...}``): it is never
     echoed again, so two echoing nodes cannot bounce a message between them."""
     return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
-
-
-def _union(ranges: list[list[int]]) -> list[tuple[int, int]]:
-    """Sorted ``[lo, hi]`` ranges with adjacent and overlapping ones joined."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(hi, out[-1][1]))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _same_token(given: str, expected: str) -> bool:
-    """Constant-time comparison of a token (any string a peer sends, non-ASCII included)."""
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    )
-
-
-def _guess_refusal(text: str) -> str:
-    """The code of a refusal from a peer that sends none (the Rust server's texts)."""
-    if "网络ID不匹配" in text or "network" in text.lower():
-        return "network_mismatch"
-    if "已存在" in text:
-        return "node_id_taken"
-    if "full" in text.lower() or "已满" in text:
-        return "server_full"
-    return "refused"
-
-
-class _PendingConnect:
-    __slots__ = ("msg_id", "data", "attempts", "next_at", "deadline")
-
-    def __init__(self, msg_id: str, data: bytes, next_at: float, deadline: float) -> None:
-        self.msg_id = msg_id
-        self.data = data
-        self.attempts = 1
-        self.next_at = next_at
-        self.deadline = deadline
-
-
-class _LogLimiter:
-    """At most one log line per reason every ``interval`` seconds, with a count of the rest."""
-
-    __slots__ = ("interval", "_next", "_suppressed")
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(
-        self, reason: str, now: float, message: str, *args: Any, exc_info: Any = None
-    ) -> None:
-        if now < self._next.get(reason, 0.0):
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        if len(self._next) > 256:  # reasons are a small fixed set; never grow unbounded
-            self._next.clear()
-        self._next[reason] = now + self.interval
-        skipped = self._suppressed.pop(reason, 0)
-        suffix = f" ({skipped} more since last report)" if skipped else ""
-        log.warning(message + suffix, *args, exc_info=exc_info)
 
 
 class Node:
@@ -227,12 +171,17 @@ class Node:
         #: behaviour reproducible (the simulator); by default, the OS's randomness.
         self._new_id: Callable[[], str]
         self._new_token: Callable[[], str]
+        self._first_seq: Callable[[], int]
         if rng is None:
             self._new_id = new_id
             self._new_token = lambda: secrets.token_hex(TOKEN_HEX // 2)
+            self._first_seq = lambda: 1 + secrets.randbelow(FIRST_SEQ_LIMIT)
+            self._pick: Callable[[int], int] = random.randrange
         else:
             self._new_id = lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))
             self._new_token = lambda: "%0*x" % (TOKEN_HEX, rng.getrandbits(TOKEN_HEX * 4))
+            self._first_seq = lambda: 1 + rng.randrange(FIRST_SEQ_LIMIT)
+            self._pick = rng.randrange
         self.node_id: str = config.node_id or self._new_id()
         self.local_addr: tuple = local_addr or parse_addr(config.listen_address)
         self.local_addr_str = format_addr(self.local_addr)
@@ -269,13 +218,15 @@ class Node:
 
         self._out: list[tuple[bytes, tuple]] = []
         self._events: deque[Event] = deque()
-        self._pending_connects: dict[tuple, _PendingConnect] = {}
+        self._pending_connects: dict[tuple, PendingConnect] = {}
         self._announce: list[Peer] = []  # joined since the last broadcast
         self._removed_since_broadcast = False
-        self._inflight: set[Peer] = set()
+        # Peers with something in flight / a sequence gap: dicts used as ordered sets, so the
+        # timers visit peers in a reproducible order (a set of Peers would follow addresses).
+        self._inflight: dict[Peer, None] = {}
         #: Peers owed a coalesced Ack (see :meth:`flush_acks`).
         self.ack_peers: list[Peer] = []
-        self._gapped: set[Peer] = set()
+        self._gapped: dict[Peer, None] = {}
         #: The first stage of every datagram (compiled): see :mod:`p2pfast._receive_py`.
         self._receiver = receive.Receiver(
             self.peers_by_addr,
@@ -301,7 +252,7 @@ class Node:
         self._delivery_at = _INF
         self._next_timer = _INF
         self._retimer()
-        self._log_hostile = _LogLimiter()
+        self._log_hostile = LogLimiter()
 
         self._handlers: list[Callable[[Peer, Any, float], None]] = [
             self._on_handshake_request,
@@ -427,7 +378,7 @@ class Node:
                 return
             if gap:  # a sequence number was skipped: ask for it if it does not turn up soon
                 peer.gap_at = due = now + self.config.gap_delay
-                self._gapped.add(peer)
+                self._gapped[peer] = None
                 if due < self._gap_at:
                     self._gap_at = due
                     if due < self._next_timer:
@@ -454,22 +405,9 @@ class Node:
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
-            seqs = sorted(set(peer.pending_acks))
+            owed = peer.pending_acks
             peer.pending_acks = []
-            ranges: list[list[int]] = []
-            lo = hi = seqs[0]
-            for seq in seqs[1:]:
-                if seq > hi + 1 or seq - lo >= MAX_ACK_RANGE_LEN:
-                    ranges.append([lo, hi])
-                    lo = seq
-                hi = seq
-            ranges.append([lo, hi])
-            if len(ranges) < MAX_ACK_RANGES:
-                owed = _union(ranges)
-                for lo, hi in peer.dup.ranges(MAX_ACK_RANGES - len(ranges)):
-                    lo = max(lo, hi - MAX_ACK_RANGE_LEN + 1, 1)  # 0 stands for "nothing yet"
-                    if hi >= lo and not any(a <= lo and hi <= b for a, b in owed):
-                        ranges.append([lo, hi])
+            ranges = ack_ranges(owed, peer.dup.ranges(MAX_ACK_RANGES), peer.ack_floor)
             for start in range(0, len(ranges), MAX_ACK_RANGES):
                 data = encode_raw(
                     T_ACK,
@@ -482,7 +420,7 @@ class Node:
                     peer.pending_ack_id,
                 )
                 self._queue(data, peer, T_ACK)
-            counters.acks_sent += len(seqs)
+            counters.acks_sent += len(set(owed))
         self.ack_peers.clear()  # shared with the receive path
 
     def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
@@ -494,11 +432,14 @@ class Node:
             self._on_handshake_request(None, msg, now, addr=addr, budget=budget)
             return
         pending = self._pending_connects.get(addr)
-        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK):
+        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK, T_DISCOVERY_RESPONSE):
             if mtype == T_HANDSHAKE_RESPONSE:
                 self._on_handshake_response(None, msg, now, addr=addr)
             elif mtype == T_ERROR:
                 self._on_connect_refused(addr, msg.payload)
+            elif mtype == T_DISCOVERY_RESPONSE and pending.early_list is None:
+                # the first slice overtook the HandshakeResponse: read it once that arrives
+                pending.early_list = msg
             return
         replies: list[tuple[bytes, int]] = []
         ts = int(now + self.wall_offset)
@@ -553,7 +494,8 @@ class Node:
         if peer is None and msg.requires_ack:
             replies.append((encode_ack(msg.id, ts, self.local_addr_str), T_ACK))
             self.counters.acks_sent += 1
-        error = self._admit(peer, msg.payload, addr, now)
+        base = msg.sequence_number if type(msg.sequence_number) is int else 0
+        error = self._admit(peer, msg.payload, addr, now, base, msg.id)
         if isinstance(error, tuple):
             text, code = error
             self.counters.reject(code)
@@ -579,7 +521,10 @@ class Node:
             if not new_peer.token:
                 new_peer.token = self._new_token()
             response["token"] = new_peer.token
-        replies.append((encode(T_HANDSHAKE_RESPONSE, response, ts), T_HANDSHAKE_RESPONSE))
+        our_base = new_peer.first_seq - 1 if new_peer.p2pfast else None
+        replies.append(
+            (encode(T_HANDSHAKE_RESPONSE, response, ts, sequence_number=our_base), T_HANDSHAKE_RESPONSE)
+        )
         if peer is None:  # a new session starts with the budget this request earned
             assert budget is not None
             new_peer.budget = budget
@@ -588,14 +533,23 @@ class Node:
         used = sum(len(data) for data, _ in replies)
         room = self.config.max_datagram_size if new_peer.proven else new_peer.budget
         others = [p for p in self._sample_peers(64) if p is not new_peer]
-        replies.append((self._discovery_chunk(others, ts, room - used), T_DISCOVERY_RESPONSE))
+        replies.append((discovery_slice(others, ts, room - used), T_DISCOVERY_RESPONSE))
         for data, mtype in replies:
             if not self._queue(data, new_peer, mtype):
                 break
 
-    def _admit(self, peer: Peer | None, payload: Any, addr: tuple, now: float) -> Peer | tuple:
+    def _admit(
+        self, peer: Peer | None, payload: Any, addr: tuple, now: float, base: int, hello_id: str
+    ) -> Peer | tuple:
         """Validate a HandshakeRequest and create or refresh the session; return the Peer, or
-        ``(error text, code)``."""
+        ``(error text, code)``. ``base`` is the number just before the requester's first
+        message (a p2pfast node announces it in the request's ``sequence_number``).
+
+        The request that opened the session, repeated (its answer was lost), is answered
+        again and the session kept. A new request from the same node means it dropped its
+        side or restarted and numbers afresh: the session starts over on both sides (what we
+        had in flight fails with ``peer_gone``), so no message of the new session can be
+        taken for a duplicate of the old one."""
         try:
             info = validate_node_info(payload)
         except ValueError as exc:
@@ -614,11 +568,14 @@ class Node:
         if holder is not None and holder.addr != addr:
             return f"节点ID {node_id} 已存在", "node_id_taken"
         if peer is not None:
-            if peer.node_id == node_id:  # a repeated handshake: same session, answer again
+            if peer.node_id == node_id and peer.hello_id == hello_id:  # repeated: answer again
                 peer.node_info = info
                 return peer
-            self._remove_peer(peer, "replaced", now, notify=False)
-            new_peer = self._add_peer(addr, info, now)
+            self._remove_peer(
+                peer, "restarted" if peer.node_id == node_id else "replaced", now, notify=False
+            )
+            new_peer = self._add_peer(addr, info, now, base)
+            new_peer.hello_id = hello_id
             # Same address: what it proved, and the bytes it is owed, carry over.
             new_peer.proven, new_peer.budget = peer.proven, peer.budget
             return new_peer
@@ -627,12 +584,17 @@ class Node:
                 f"server full: {self.config.max_connections} peers connected",
                 "server_full",
             )
-        return self._add_peer(addr, info, now)
+        new_peer = self._add_peer(addr, info, now, base)
+        new_peer.hello_id = hello_id
+        return new_peer
 
-    def _add_peer(self, addr: tuple, info: dict, now: float) -> Peer:
-        peer = Peer(addr, info, now, self.config)
-        peer.resend_allowance = RESEND_BURST
-        self._pending_connects.pop(addr, None)  # simultaneous open: their request came first
+    def _add_peer(self, addr: tuple, info: dict, now: float, base: int) -> Peer:
+        """A new session; ``base`` is the number before the peer's first message."""
+        pending = self._pending_connects.pop(addr, None)  # simultaneous open: theirs came first
+        # Our numbering: the one our own request announced, if we sent one, else a new one.
+        first = pending.first_seq if pending is not None else self._first_seq()
+        peer = Peer(addr, info, now, self.config, first_seq=first, peer_base=base)
+        peer.resend_allowance = ResendAllowance(now)
         self.peers_by_addr[addr] = peer
         self.peers_by_id[peer.node_id] = peer
         self._work += self.routes.remove_via(peer.node_id)  # a direct peer needs no learned route
@@ -654,8 +616,8 @@ class Node:
             del self.peers_by_id[peer.node_id]
         self._work += self.routes.remove_via(peer.node_id) + peer.window.work
         peer.window.work = 0
-        self._inflight.discard(peer)
-        self._gapped.discard(peer)
+        self._inflight.pop(peer, None)
+        self._gapped.pop(peer, None)
         for _seq, msg_id in peer.window.clear():
             self._hop_failed(msg_id, failure)
         self._events.append(PeerDisconnected(peer.node_id, peer.addr, reason))
@@ -704,8 +666,12 @@ class Node:
                 addr, "server_full", f"max_connections ({self.config.max_connections}) reached"
             )
             return
-        peer = self._add_peer(addr, info, now)
+        base = msg.sequence_number if type(msg.sequence_number) is int else 0
+        self._pending_connects[addr] = pending  # _add_peer takes our numbering from it
+        peer = self._add_peer(addr, info, now, base)
         peer.proven = True  # we sent the request there and it answered its id: a proven path
+        if pending.early_list is not None:
+            self._on_discovery_response(peer, pending.early_list, now)
         token = payload.get("token")
         if type(token) is str and 0 < len(token) <= MAX_TOKEN_LEN:
             peer.echo_token = token
@@ -734,7 +700,7 @@ class Node:
         text = payload.get("error") if type(payload) is dict else payload
         code = payload.get("code") if type(payload) is dict else None
         if code not in REFUSAL_REASONS:
-            code = _guess_refusal(str(text or ""))
+            code = guess_refusal(str(text or ""))
         self._connect_failed(addr, code, REFUSAL_REASONS[code], text)
 
     def _on_ping(self, peer: Peer, msg: Any, now: float) -> None:
@@ -746,7 +712,7 @@ class Node:
         payload = msg.payload
         if type(payload) is dict and peer.echo_token:
             token = payload.get("token")
-            if type(token) is str and _same_token(token, peer.echo_token):
+            if type(token) is str and same_token(token, peer.echo_token):
                 self._echo_token(peer, msg.id, now)
 
     def _on_pong(self, peer: Peer, msg: Any, now: float) -> None:
@@ -787,35 +753,20 @@ class Node:
     def _on_discovery_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
         answering = msg.id if peer.p2pfast else None
-        others = [p for p in self.peers_by_id.values() if p is not peer]
+        others = [p for p in self.peers_by_id.values() if p is not peer and p.proven]
         self._work += len(others)
-        for chunk in self._peer_list_chunks(others, ts, answering):
+        for chunk in discovery_datagrams(others, ts, self.config.max_datagram_size, answering):
             if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
                 break  # an unproven address's budget is spent: the rest would be dropped too
 
     def _on_list_request(self, peer: Peer, msg: Any, now: float) -> None:
         ts = int(now + self.wall_offset)
         answering = msg.id if peer.p2pfast else None
-        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
-        batch: list[bytes] = []
-        size = 0
-        for p in self.peers_by_id.values():  # includes the requester, as the Rust server does
-            self._work += 1
-            item = p.nodeinfo_json
-            if batch and size + len(item) + 1 > limit:
-                if not self._queue_list_response(batch, peer, ts, answering):
-                    return  # an unproven address's budget is spent
-                batch, size = [], 0
-            batch.append(item)
-            size += len(item) + 1
-        self._queue_list_response(batch, peer, ts, answering)
-
-    def _queue_list_response(
-        self, batch: list[bytes], peer: Peer, ts: int, answering: str | None
-    ) -> bool:
-        payload = b'{"nodes":[' + b",".join(batch) + b"]}"
-        data = encode_raw(T_LIST_RESPONSE, payload, ts, None, None, None, False, answering)
-        return self._queue(data, peer, T_LIST_RESPONSE)
+        peers = self.peers_by_id.values()  # includes the requester, as the Rust server does
+        self._work += len(peers)
+        for chunk in node_list_datagrams(peers, ts, self.config.max_datagram_size, answering):
+            if not self._queue(chunk, peer, T_LIST_RESPONSE):
+                break  # an unproven address's budget is spent
 
     def _on_discovery_response(self, peer: Peer, msg: Any, now: float) -> None:
         """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers."""
@@ -825,6 +776,7 @@ class Node:
             return
         request_id = self._answered_request(peer, msg, False)
         self._events.append(PeerListReceived(peer.node_id, entries, False, request_id))
+        dials = 0
         for entry in entries[: self.config.max_routes]:
             self._work += 1
             if type(entry) is not dict:
@@ -837,14 +789,16 @@ class Node:
                 continue
             caps = entry.get("capabilities")
             self.routes.add(node_id, peer.node_id, 2, type(caps) is list and "p2pfast" in caps)
-            if self.config.enable_discovery:
+            if self.config.enable_discovery and dials < DIALS_PER_LIST:
                 addr_text = entry.get("addr")
                 if type(addr_text) is str:
                     try:
                         target = parse_addr(addr_text)
                     except ValueError:
                         continue
-                    self._maybe_connect(target, now)
+                    if target not in self.peers_by_addr and target not in self._pending_connects:
+                        dials += 1
+                        self._maybe_connect(target, now)
 
     def _on_data(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
@@ -934,7 +888,7 @@ class Node:
             if destination == self.node_id and original.get("requires_ack") is True:
                 message_id = original.get("id")
                 if type(message_id) is str:  # our confirmation may have been lost: again
-                    self._confirm_delivery(source, message_id, now)
+                    self._confirm_delivery(source, message_id, peer, now)
             return True
         hop_count += 1
         if hop_count > max_hops:
@@ -993,7 +947,7 @@ class Node:
         message_id = original.get("id")
         self._deliver(peer, source, original.get("payload"), message_id or "", route_id, hops, now)
         if original.get("requires_ack") is True and type(message_id) is str:
-            self._confirm_delivery(source, message_id, now)
+            self._confirm_delivery(source, message_id, peer, now)
         return True
 
     def _on_error(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1051,7 +1005,7 @@ class Node:
             peer.window_blocked = False
             self._events.append(WindowOpened(peer.node_id))
         if not len(win):
-            self._inflight.discard(peer)
+            self._inflight.pop(peer, None)
 
     def _hop_completed(self, msg_id: str) -> None:
         """The next hop acknowledged ``msg_id``: the send is complete unless it waits for the
@@ -1081,9 +1035,11 @@ class Node:
 
     def _check_token(self, peer: Peer, token: Any, now: float) -> None:
         """The peer echoed a token: its address is proven when it is the one we gave it."""
-        if peer.token and type(token) is str and _same_token(token, peer.token):
+        if peer.token and type(token) is str and same_token(token, peer.token):
             peer.proven = True
             peer.token = ""
+            self._announce.append(peer)  # only now may others be told of it
+            self._schedule_broadcast(now)
             log.debug("peer %s proved its address %s", peer.node_id, peer.addr_str)
         else:
             self.counters.reject("bad_token")
@@ -1092,18 +1048,12 @@ class Node:
         """A coalesced Ack: ``[[lo, hi], ...]`` sequence numbers, at most ``MAX_ACK_RANGES``
         ranges each shorter than ``MAX_ACK_RANGE_LEN``. The send window walks whichever is
         smaller, the ranges or what is in flight, so the work stays bounded by both."""
-        if type(ranges) is not list:
+        parsed = parse_ack_ranges(ranges)
+        if parsed is None:
             self.counters.reject("bad_payload")
             return 0
-        valid: list[tuple[int, int]] = []
-        for item in ranges[:MAX_ACK_RANGES]:
-            self._work += 1
-            if type(item) is not list or len(item) != 2:
-                continue
-            lo, hi = item
-            if type(lo) is not int or type(hi) is not int or not 0 <= hi - lo < MAX_ACK_RANGE_LEN:
-                continue
-            valid.append((lo, hi))
+        valid, looked_at = parsed
+        self._work += looked_at
         acked = peer.window.on_ack_ranges(valid, now)
         for msg_id in acked:
             self._hop_completed(msg_id)
@@ -1124,13 +1074,8 @@ class Node:
             return
         self.counters.retransmit_requests += 1
         log.debug("peer %s asks for %d retransmission(s)", peer.node_id, len(numbers))
-        # Refill the per-peer allowance (a token bucket of RESEND_BURST at RESEND_RATE/s).
-        elapsed = now - peer.resend_at
-        peer.resend_at = now
-        if elapsed > 0:
-            peer.resend_allowance = min(
-                RESEND_BURST, peer.resend_allowance + elapsed * RESEND_RATE
-            )
+        allowance = peer.resend_allowance
+        allowance.refill(now)
         win = peer.window
         asked: set[int] = set()
         for seq in numbers[:MAX_RETRANSMIT_REQUEST]:
@@ -1141,12 +1086,12 @@ class Node:
             pending = win.get(seq)
             if pending is None:
                 continue
-            if len(pending) > peer.resend_allowance:
+            if len(pending) > allowance.tokens:
                 self.counters.reject("retransmit_limit")
                 break
             data = win.resend(seq, now)
             if data is not None:
-                peer.resend_allowance -= len(data)
+                allowance.take(len(data))
                 self.counters.retransmits += 1
                 self._queue(data, peer, T_DATA)
 
@@ -1203,7 +1148,7 @@ class Node:
         """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows.
 
         The request is sent again with exponential backoff (``rto_initial``, doubling, at
-        most ``CONNECT_RETRY_MAX`` apart) until ``deadline`` (default ``now +
+        most ``handshake.CONNECT_RETRY_MAX`` apart) until ``deadline`` (default ``now +
         config.connect_timeout``), when ConnectFailed(code ``timeout``) follows. A second
         call for a handshake in progress extends its deadline if the new one is later."""
         if deadline is None:
@@ -1233,17 +1178,18 @@ class Node:
             return
         info = dict(self.node_info)
         msg_id = self._new_id()
+        first_seq = self._first_seq()
         data = encode(
             T_HANDSHAKE_REQUEST,
             info,
             int(now + self.wall_offset),
             id=msg_id,
             sender_addr=self.local_addr_str,
+            sequence_number=first_seq - 1,  # where our numbering starts (docs/protocol.md)
             requires_ack=True,
         )
-        pending = _PendingConnect(
-            msg_id, data, min(now + self.config.rto_initial, deadline), deadline
-        )
+        pending = PendingConnect(msg_id, data, now, self.config.rto_initial, deadline)
+        pending.first_seq = first_seq
         self._pending_connects[addr] = pending
         self._connect_at = min(self._connect_at, pending.next_at)
         self._next_timer = min(self._next_timer, pending.next_at)
@@ -1255,7 +1201,9 @@ class Node:
         return self._pending_connects.pop(addr, None) is not None
 
     def _maybe_connect(self, addr: tuple, now: float) -> None:
-        """Discovery's connect: only new addresses, within max_connections, not cooling down."""
+        """Discovery's connect: only new addresses, within max_connections, not cooling down;
+        a short attempt (two requests), and an address that does not answer cools down, so a
+        peer that lists invented addresses cannot make this node hammer them."""
         if (
             addr in self.peers_by_addr
             or addr in self._pending_connects
@@ -1268,7 +1216,10 @@ class Node:
             if now < until:
                 return
             del self._cooldown[addr]
-        self.connect(addr, now)
+        self.connect(addr, now, deadline=now + 2 * self.config.rto_initial)
+        pending = self._pending_connects.get(addr)
+        if pending is not None:
+            pending.discovered = True
 
     def send_data(
         self, node_id: str, payload: Any, now: float, *, reliable: bool = True
@@ -1345,13 +1296,17 @@ class Node:
             "source_node": self.node_id,
         }
 
-    def _confirm_delivery(self, destination: str, message_id: str, now: float) -> None:
+    def _confirm_delivery(self, destination: str, message_id: str, via: Peer, now: float) -> None:
         """Tell the origin of a routed message we received that we have it (a routed Ack,
-        carried reliably hop by hop like any routed message; its own events stay internal)."""
+        carried reliably hop by hop like any routed message; its own events stay internal).
+        Without a route of our own to the origin (we may not have heard of it yet), the
+        confirmation goes back the way the message came, through ``via``."""
         hop = self.peers_by_id.get(destination)
         if hop is None:
             hop_id = self.routes.next_hop(destination)
             hop = self.peers_by_id.get(hop_id) if hop_id is not None else None
+        if hop is None and self.peers_by_id.get(via.node_id) is via:
+            hop = via
         if hop is None:
             self.counters.reject("confirmation_unroutable")
             return
@@ -1402,7 +1357,7 @@ class Node:
         peer.next_seq = seq + 1
         if reliable:
             win.add(seq, msg_id, data, now)
-            self._inflight.add(peer)
+            self._inflight[peer] = None
             deadline = win.next_deadline()
             if deadline < self._window_at:
                 self._window_at = deadline
@@ -1539,7 +1494,7 @@ class Node:
                     counters.evictions += 1
                     continue
             if not len(win):
-                self._inflight.discard(peer)
+                self._inflight.pop(peer, None)
                 continue
             deadline = win.next_deadline()
             if deadline < earliest:
@@ -1560,7 +1515,7 @@ class Node:
             if not missing or peer.gap_requests >= GAP_REQUESTS:
                 peer.gap_at = _INF
                 peer.gap_requests = 0
-                self._gapped.discard(peer)
+                self._gapped.pop(peer, None)
                 continue
             self.counters.retransmit_requests += 1
             log.debug("asking peer %s to retransmit %d message(s)", peer.node_id, len(missing))
@@ -1579,7 +1534,9 @@ class Node:
                 continue
             if now >= pending.deadline:
                 del self._pending_connects[addr]
-                waited = now - (pending.deadline - self.config.connect_timeout)
+                if pending.discovered:
+                    self._cool_down(addr, now)
+                waited = now - pending.started
                 self._events.append(
                     ConnectFailed(
                         addr,
@@ -1590,11 +1547,7 @@ class Node:
                 )
                 log.debug("handshake with %s timed out (%.1f s)", format_addr(addr), waited)
                 continue
-            pending.attempts += 1
-            interval = min(
-                self.config.rto_initial * 2.0 ** min(pending.attempts - 1, 16), CONNECT_RETRY_MAX
-            )
-            pending.next_at = min(now + interval, pending.deadline)
+            pending.retried(now, self.config.rto_initial)
             earliest = min(earliest, pending.next_at)
             log.debug("handshake with %s: attempt %d", format_addr(addr), pending.attempts)
             self._emit(pending.data, addr, T_HANDSHAKE_REQUEST)
@@ -1629,6 +1582,11 @@ class Node:
             target = (host, port)
             if port != self.local_addr[1]:
                 self._maybe_connect(target, now)
+        if self.peers_by_id:
+            # Gossip: ask one peer for its whole list, so a node missed by the debounced
+            # broadcasts (only the newest joins fit one) is learned all the same.
+            ids = list(self.peers_by_id)
+            self.request_peers(ids[self._pick(len(ids))], now)
         self._discovery_at = now + 10 * self.config.heartbeat_interval
 
     def _schedule_broadcast(self, now: float) -> None:
@@ -1647,7 +1605,11 @@ class Node:
         broadcast whatever the churn."""
         self._broadcast_at = self._broadcast_latest = _INF
         # Only the newest joins fit one datagram: keep the per-broadcast work O(peers).
-        announce = [p for p in self._announce[-BROADCAST_LIMIT:] if self.peers_by_addr.get(p.addr) is p]
+        announce = [
+            p
+            for p in dict.fromkeys(self._announce[-BROADCAST_LIMIT:])  # (a proof re-announces)
+            if p.proven and self.peers_by_addr.get(p.addr) is p
+        ]
         self._announce = []
         if self._removed_since_broadcast:
             self._removed_since_broadcast = False
@@ -1656,14 +1618,14 @@ class Node:
             return
         ts = int(now + self.wall_offset)
         room = self.config.max_datagram_size
-        shared = self._discovery_chunk(announce, ts, room)
+        shared = discovery_slice(announce, ts, room)
         listed = set(announce)
         for peer in self.peers_by_id.values():
             if peer in listed:
                 others = [p for p in announce if p is not peer]
                 if not others:
                     continue
-                self._queue(self._discovery_chunk(others, ts, room), peer, T_DISCOVERY_RESPONSE)
+                self._queue(discovery_slice(others, ts, room), peer, T_DISCOVERY_RESPONSE)
             else:
                 self._queue(shared, peer, T_DISCOVERY_RESPONSE)
 
@@ -1719,50 +1681,16 @@ class Node:
         self._queue(data, peer, T_ERROR)
 
     def _sample_peers(self, limit: int) -> list[Peer]:
-        """Up to ``limit`` peers, most recently joined first (O(limit), not O(peers))."""
+        """Up to ``limit`` peers to advertise, most recently joined first: only those whose
+        address is proven, so a forged handshake never makes others dial an address that
+        never asked for it (O(limit) in the common case)."""
         out: list[Peer] = []
         for peer in reversed(self.peers_by_id.values()):
-            out.append(peer)
-            if len(out) >= limit:
-                break
+            if peer.proven:
+                out.append(peer)
+                if len(out) >= limit:
+                    break
         return out
-
-    def _discovery_chunk(self, peers: list[Peer], ts: int, room: int) -> bytes:
-        """One DiscoveryResponse listing as many of ``peers`` as fit in ``room`` bytes."""
-        stamp = b"%d}" % ts
-        items: list[bytes] = []
-        size = ENVELOPE_OVERHEAD - 40
-        for p in peers:
-            item = p.peerinfo_prefix + stamp
-            if size + len(item) + 1 > room:
-                continue  # skip what does not fit: a large entry must not hide the rest
-            size += len(item) + 1
-            items.append(item)
-        return encode_raw(T_DISCOVERY_RESPONSE, b"[" + b",".join(items) + b"]", ts)
-
-    def _peer_list_chunks(
-        self, peers: list[Peer], ts: int, answering: str | None = None
-    ) -> Iterator[bytes]:
-        """DiscoveryResponse datagrams covering all of ``peers`` (at least one, maybe empty),
-        made one at a time so a caller that stops early builds no more; ``answering`` is the
-        request's id for p2pfast peers (``ack_for``)."""
-        stamp = b"%d}" % ts
-        limit = self.config.max_datagram_size - ENVELOPE_OVERHEAD
-        batch: list[bytes] = []
-        size = 0
-        for p in peers:
-            item = p.peerinfo_prefix + stamp
-            if batch and size + len(item) + 1 > limit:
-                yield self._discovery_datagram(batch, ts, answering)
-                batch, size = [], 0
-            batch.append(item)
-            size += len(item) + 1
-        yield self._discovery_datagram(batch, ts, answering)
-
-    @staticmethod
-    def _discovery_datagram(items: list[bytes], ts: int, answering: str | None) -> bytes:
-        payload = b"[" + b",".join(items) + b"]"
-        return encode_raw(T_DISCOVERY_RESPONSE, payload, ts, None, None, None, False, answering)
 
     # ------------------------------------------------------------------------------------
     # Introspection

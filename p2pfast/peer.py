@@ -41,7 +41,10 @@ class Peer(receive.Session):
         "addr_str",
         "node_info",
         "window",
+        "first_seq",
         "next_seq",
+        "ack_floor",
+        "hello_id",
         "peerinfo_prefix",
         "nodeinfo_json",
         "window_blocked",
@@ -50,11 +53,19 @@ class Peer(receive.Session):
         "token",
         "echo_token",
         "resend_allowance",
-        "resend_at",
         "gap_requests",
     )
 
-    def __init__(self, addr: tuple, node_info: dict, now: float, config: Config) -> None:
+    def __init__(
+        self,
+        addr: tuple,
+        node_info: dict,
+        now: float,
+        config: Config,
+        *,
+        first_seq: int = 1,
+        peer_base: int = 0,
+    ) -> None:
         self.addr = addr
         self.addr_str = format_addr(addr)
         self.node_id: str = node_info["id"]
@@ -64,9 +75,11 @@ class Peer(receive.Session):
         self.last_seen = now
         self.dup = window.DuplicateFilter(config.duplicate_window)
         if self.p2pfast:
-            # A p2pfast session numbers its messages from 1: with 0 marked seen, the loss of
-            # the very first one is a gap like any other (asked for, never skipped).
-            self.dup.check(0)
+            # A p2pfast peer announced the number before its first message: marked seen, so
+            # the loss of the very first one is a gap like any other (asked for, not skipped).
+            self.dup.check(peer_base)
+        #: Coalesced Acks never repeat numbers below this (the base is not a message).
+        self.ack_floor = peer_base + 1
         self.window = window.SendWindow(
             config.send_window,
             config.max_retries,
@@ -76,7 +89,11 @@ class Peer(receive.Session):
             0.001,
             peer_rx_window(node_info) if self.p2pfast else DEFAULT_RX_WINDOW,
         )
-        self.next_seq = 1
+        #: Id of the HandshakeRequest that opened the session (None: we opened it).
+        self.hello_id: str | None = None
+        #: Our first sequence number in this session (random for a p2pfast node), and the next.
+        self.first_seq = first_seq
+        self.next_seq = first_seq
         self.gap_at = _INF
         self.gap_requests = 0  # Retransmit requests sent for the gap being waited on
         self.window_blocked = False
@@ -90,9 +107,8 @@ class Peer(receive.Session):
         self.budget = 0
         self.token = ""
         self.echo_token = ""
-        # Bytes we may still resend on the peer's Retransmit requests (a token bucket).
-        self.resend_allowance = 0.0
-        self.resend_at = now
+        # Bytes we may still resend on the peer's Retransmit requests (set by the engine).
+        self.resend_allowance: Any = None
         # Coalesced acknowledgements owed to a p2pfast peer: sequence numbers, last message id.
         self.pending_acks: list[int] = []
         self.pending_ack_id = ""

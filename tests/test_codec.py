@@ -1123,3 +1123,23 @@ def test_every_prefix_and_every_deletion_match_pure(codec):
         for byte in (b"\\", b'"', b"\x00", b" ", b"}"):
             mutated = data[:i] + byte + data[i + 1 :]
             assert _outcome(codec.decode, mutated) == _outcome(pure.decode, mutated), (i, byte)
+
+
+def test_seeded_id_entropy_gives_the_same_ids_on_both_twins(codec):
+    import random
+
+    from p2pfast import _codec_py
+
+    try:
+        codec.set_id_entropy(random.Random(42).randbytes)
+        ids = [codec.new_id() for _ in range(700)]  # more than one batch
+        _codec_py.set_id_entropy(random.Random(42).randbytes)
+        assert ids == [_codec_py.new_id() for _ in range(700)]
+        assert len(set(ids)) == 700 and all(i[14] == "4" and i[19] in "89ab" for i in ids)
+        codec.set_id_entropy(lambda n: b"\x00" * (n - 1))  # a broken source is refused
+        with pytest.raises(ValueError):
+            codec.new_id()
+    finally:
+        codec.set_id_entropy(None)
+        _codec_py.set_id_entropy(None)
+    assert codec.new_id() != ids[0]

@@ -178,3 +178,22 @@ async def test_a_reliable_routed_send_to_a_node_that_left_raises():
         with pytest.raises(SendError) as info:
             await asyncio.wait_for(alice.send(bob_id, "lost"), 5)
         assert info.value.reason == "no_route"
+
+
+def test_a_destination_without_a_route_back_confirms_the_way_the_message_came():
+    """bob joined first and has not heard of alice yet (the hub's broadcast is debounced): his
+    confirmation goes back through the hub the message came from."""
+    net = VirtualNet(7, delay=0.005)
+    hub = net.add(make_node(9000, peerlist_broadcast_debounce_ms=5000))
+    alice = net.add(make_node(9001))
+    bob = net.add(make_node(9002))
+    bob.app_attached = True
+    net.connect(bob, hub)
+    net.connect(alice, hub)
+    assert alice.routes.next_hop(bob.node_id) == hub.node_id  # from the hub's first slice
+    assert bob.routes.next_hop(alice.node_id) is None
+    handle = alice.send_data(bob.node_id, {"n": 1}, net.now)
+    net.flush()
+    assert net.run(1.0, lambda: outcome(net, alice, handle) is not None)
+    assert isinstance(outcome(net, alice, handle), SendCompleted)
+    assert "confirmation_unroutable" not in bob.counters.rejected

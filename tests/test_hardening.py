@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from p2pfast._speedups import codec
 from p2pfast.errors import WindowFull
 from p2pfast.events import DataReceived, SendCompleted, SendFailed
-from p2pfast.node import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE, Node
+from p2pfast.node import Node
+from p2pfast.reliability import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE
 from p2pfast.peer import MAX_NODE_INFO_BYTES, validate_node_info
 from p2pfast.protocol import MAX_DATAGRAM_SIZE
 from p2pfast.protocol import MessageType as T
@@ -394,6 +395,8 @@ def test_a_large_node_info_cannot_blind_a_newcomer():
         node.receive_datagram(handshake(f"small{i}")[0], ("127.0.0.1", 7001 + i), 1000.0)
     big = envelope("HandshakeRequest", biggest, seq=1, requires_ack=True, sender_addr="0.0.0.0:0")
     node.receive_datagram(big, ("127.0.0.1", 7000), 1000.0)  # the newest: listed first
+    for peer in node.peers_by_id.values():
+        peer.proven = True  # only proven peers are advertised
     node.datagrams_to_send()
     # ... does not hide the others from a newcomer's first DiscoveryResponse
     node.receive_datagram(handshake("newcomer")[0], ("127.0.0.1", 7100), 1000.0)

@@ -616,7 +616,8 @@ def test_retransmit_request_is_answered_from_the_send_window():
     for i in range(3):
         client.send_data(server_id, {"i": i}, T0)
     out = client.datagrams_to_send()
-    request = envelope("Retransmit", {"sequence_numbers": [2, 99]})
+    first = client.peers_by_id[server_id].first_seq  # a p2pfast session starts at random
+    request = envelope("Retransmit", {"sequence_numbers": [first + 1, first + 99]})
     client.receive_datagram(request, SERVER, T0 + 0.1)
     resent = client.datagrams_to_send()
     assert [d for d, _ in resent] == [out[1][0]]
@@ -807,7 +808,8 @@ def test_acks_to_p2pfast_peers_are_coalesced_into_ranges():
     assert server.datagrams_to_send(flush_acks=False) == []  # owed, not yet sent
     acks = decoded(server.datagrams_to_send())
     assert types(acks) == ["Ack"]
-    assert acks[0].payload == {"seq": [[1, 3], [5, 6]]}
+    f = client.peers_by_id[server_id].first_seq  # a p2pfast session starts at random
+    assert acks[0].payload == {"seq": [[f, f + 2], [f + 4, f + 5]]}
     assert server.counters.acks_sent - acks_before == 5
     client.receive_datagram(encode_ack_ranges(acks[0]), SERVER, T0 + 0.01)
     done = [e for e in events(client) if isinstance(e, SendCompleted)]
@@ -860,9 +862,12 @@ def test_coalesced_ack_ranges_respect_the_length_bound_and_count_once():
     peer = server.peers_by_addr[client.local_addr]
     before = server.counters.acks_sent
     server.datagrams_to_send()
-    for seq in list(range(1, MAX_ACK_RANGE_LEN + 11)) + [5]:  # 5 again: a duplicate, acked again
+    f = peer.ack_floor  # the client's first number
+    for n in list(range(MAX_ACK_RANGE_LEN + 10)) + [4]:  # f + 4 again: a duplicate, acked again
+        seq = f + n
         data = codec.encode(T.Data, {"n": seq}, 1795634857, sequence_number=seq, requires_ack=True)
         server.receive_datagram(data, peer.addr, T0)
     (ack,) = decoded(server.datagrams_to_send())
-    assert ack.payload == {"seq": [[1, MAX_ACK_RANGE_LEN], [MAX_ACK_RANGE_LEN + 1, MAX_ACK_RANGE_LEN + 10]]}
+    L = MAX_ACK_RANGE_LEN
+    assert ack.payload == {"seq": [[f, f + L - 1], [f + L, f + L + 9]]}
     assert server.counters.acks_sent - before == MAX_ACK_RANGE_LEN + 10
