@@ -1,5 +1,6 @@
 """Types of the compiled codec (``_codec.pyx``); its pure twin ``_codec_py`` has the same API."""
 
+from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import disjoint_base
@@ -42,6 +43,7 @@ class Message:
 def normalize_uuid(value: object) -> str: ...
 def decode(data: bytes) -> Message: ...
 def new_id() -> str: ...
+def set_id_entropy(source: Callable[[int], bytes] | None) -> None: ...
 def encode_raw(
     type: int,
     payload_json: bytes,
