@@ -588,6 +588,10 @@ cdef class SendWindow:
             rto = self.rto_max
         self.rto = rto
 
+    def holds(self, msg_id):
+        """Whether the message ``msg_id`` is still in flight (not yet acknowledged)."""
+        return msg_id in self._by_id
+
     def get(self, seq):
         """The datagram in flight under ``seq``, or None."""
         cdef object found = self._by_seq.get(seq)

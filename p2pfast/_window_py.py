@@ -360,6 +360,10 @@ class SendWindow:
         rto = self.srtt + max(self.granularity, 4.0 * self.rttvar)
         self.rto = min(max(rto, self.rto_min), self.rto_max)
 
+    def holds(self, msg_id: str) -> bool:
+        """Whether the message ``msg_id`` is still in flight (not yet acknowledged)."""
+        return msg_id in self._by_id
+
     def get(self, seq: int) -> bytes | None:
         """The datagram in flight under ``seq``, or None."""
         entry = self._by_seq.get(seq)

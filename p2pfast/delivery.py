@@ -12,6 +12,7 @@ unconfirmed messages towards one node, so a slow or vanished destination holds t
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 
 class DeliveryTracker:
@@ -26,11 +27,12 @@ class DeliveryTracker:
     def __init__(self, timeout: float, per_destination: int) -> None:
         self.timeout = timeout
         self.per_destination = per_destination
-        self._pending: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[float, str, Any]] = OrderedDict()
         self._count: dict[str, int] = {}
         self._blocked: set[str] = set()
-        #: Ids of the node's own confirmations in flight: their hop events are not the
-        #: application's business.
+        #: Ids whose hop events the application must not see: the node's own confirmations
+        #: in flight, and sends already settled end to end while the first hop still holds
+        #: them (each leaves the set when its hop outcome arrives).
         self.quiet: set[str] = set()
 
     def __len__(self) -> int:
@@ -46,37 +48,41 @@ class DeliveryTracker:
             return True
         return False
 
-    def expect(self, handle: str, destination: str, now: float) -> None:
-        """``handle`` was sent to ``destination`` and waits for its confirmation."""
-        self._pending[handle] = (now + self.timeout, destination)
+    def expect(self, handle: str, destination: str, now: float, hop: Any = None) -> None:
+        """``handle`` was sent to ``destination`` (through ``hop``, the first hop's session)
+        and waits for its confirmation."""
+        self._pending[handle] = (now + self.timeout, destination, hop)
         self._count[destination] = self._count.get(destination, 0) + 1
 
-    def confirm(self, handle: str, source: str) -> bool:
-        """A confirmation from ``source``: True when it completes ``handle`` (it must come
-        from the node the message was sent to)."""
+    def confirm(self, handle: str, source: str) -> tuple[bool, Any]:
+        """A confirmation from ``source``: ``(True, hop)`` when it completes ``handle`` (it
+        must come from the node the message was sent to)."""
         entry = self._pending.get(handle)
         if entry is None or entry[1] != source:
-            return False
+            return False, None
         self._drop(handle)
-        return True
+        return True, entry[2]
 
-    def fail(self, handle: str) -> bool:
-        """Stop waiting for ``handle`` (it failed on the way); True if it was waiting."""
-        if handle not in self._pending:
-            return False
+    def fail(self, handle: str) -> tuple[bool, Any]:
+        """Stop waiting for ``handle`` (it failed on the way): ``(True, hop)`` if it was
+        waiting."""
+        entry = self._pending.get(handle)
+        if entry is None:
+            return False, None
         self._drop(handle)
-        return True
+        return True, entry[2]
 
-    def expire(self, now: float) -> list[str]:
-        """Handles whose confirmation did not come in time (they are forgotten)."""
-        out: list[str] = []
+    def expire(self, now: float) -> list[tuple[str, Any]]:
+        """``(handle, hop)`` of the sends whose confirmation did not come in time (they are
+        forgotten)."""
+        out: list[tuple[str, Any]] = []
         pending = self._pending
         while pending:
-            handle, (deadline, _) = next(iter(pending.items()))
+            handle, (deadline, _, hop) = next(iter(pending.items()))
             if deadline > now:
                 break
             self._drop(handle)
-            out.append(handle)
+            out.append((handle, hop))
         return out
 
     def next_deadline(self) -> float:
@@ -102,7 +108,7 @@ class DeliveryTracker:
         return handles
 
     def _drop(self, handle: str) -> None:
-        _, destination = self._pending.pop(handle)
+        _, destination, _ = self._pending.pop(handle)
         left = self._count[destination] - 1
         if left:
             self._count[destination] = left

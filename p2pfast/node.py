@@ -129,6 +129,8 @@ GAP_RETRY_MAX = 2.0
 MAX_PENDING_CONNECTS = 1024
 #: New addresses one received peer list may make this node dial.
 DIALS_PER_LIST = 8
+#: A peer's allowance for the dials its lists cause is capped here (bytes).
+DIAL_ALLOWANCE_MAX = 64 * 1024
 #: A session's first sequence number is drawn below this (leaving 2**31 numbers before u32 ends).
 FIRST_SEQ_LIMIT = 2**31 - 2
 #: Addresses remembered for the reconnect cooldown after a disconnect.
@@ -202,6 +204,17 @@ class Node:
             "version": PROTOCOL_VERSION,
         }
         self.closed = False
+        #: What one discovery dial may send: two handshake requests.
+        self._dial_cost = 2 * len(
+            encode(
+                T_HANDSHAKE_REQUEST,
+                self.node_info,
+                int(now + self.wall_offset),
+                sender_addr=self.local_addr_str,
+                sequence_number=FIRST_SEQ_LIMIT,
+                requires_ack=True,
+            )
+        )
 
         self.peers_by_addr: dict[tuple, Peer] = {}
         self.peers_by_id: dict[str, Peer] = {}
@@ -215,6 +228,8 @@ class Node:
         #: Loop iterations spent on hostile-controllable work (lists, ranges, routes) outside
         #: the send windows' own count: see :attr:`work`.
         self._work = 0
+        #: Size of the datagram being handled (handlers budget by what a peer sent).
+        self._datagram_size = 0
 
         self._out: list[tuple[bytes, tuple]] = []
         self._events: deque[Event] = deque()
@@ -372,6 +387,7 @@ class Node:
         if handoff is None:
             return
         msg, peer, gap = handoff
+        self._datagram_size = len(data)  # for the handlers that budget by what they were sent
         try:
             if peer is None:
                 self._unauthenticated(msg, addr, len(data), now)
@@ -769,13 +785,22 @@ class Node:
                 break  # an unproven address's budget is spent
 
     def _on_discovery_response(self, peer: Peer, msg: Any, now: float) -> None:
-        """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers."""
+        """Learn routes (distance 2, via the sender) and, with discovery on, connect to new peers.
+
+        Dialling an address a peer listed sends to an address that has not asked for it, so
+        the peer pays for it: its lists earn an allowance of 3x their bytes (at most one
+        minute's worth of lists is kept), each dial spends two handshake requests' worth, and
+        one list makes at most ``DIALS_PER_LIST`` dials: a lying list cannot turn this node
+        into more than 3x its own traffic towards addresses nobody holds."""
         entries = msg.payload
         if type(entries) is not list:
             self.counters.reject("bad_payload")
             return
         request_id = self._answered_request(peer, msg, False)
         self._events.append(PeerListReceived(peer.node_id, entries, False, request_id))
+        peer.dial_allowance = min(
+            peer.dial_allowance + AMPLIFICATION_FACTOR * self._datagram_size, DIAL_ALLOWANCE_MAX
+        )
         dials = 0
         for entry in entries[: self.config.max_routes]:
             self._work += 1
@@ -796,9 +821,14 @@ class Node:
                         target = parse_addr(addr_text)
                     except ValueError:
                         continue
-                    if target not in self.peers_by_addr and target not in self._pending_connects:
+                    if (
+                        target not in self.peers_by_addr
+                        and target not in self._pending_connects
+                        and peer.dial_allowance >= self._dial_cost
+                        and self._maybe_connect(target, now)
+                    ):
                         dials += 1
-                        self._maybe_connect(target, now)
+                        peer.dial_allowance -= self._dial_cost
 
     def _on_data(self, peer: Peer, msg: Any, now: float) -> None:
         payload = msg.payload
@@ -935,9 +965,10 @@ class Node:
         if original.get("message_type") == "Ack":
             self.route_ids.seen(route_id, now)
             handle = original.get("ack_for")
-            if type(handle) is str and self.deliveries.confirm(handle, source):
-                self._events.append(SendCompleted(handle))
-                self._reopen_destinations()
+            if type(handle) is str:
+                confirmed, hop = self.deliveries.confirm(handle, source)
+                if confirmed:
+                    self._settle(SendCompleted(handle), hop)
             return True
         receiver = self._receiver
         if receiver.deliver == DELIVER_APP and 0 < receiver.app_limit <= receiver.app_pending:
@@ -955,9 +986,11 @@ class Node:
         text = payload.get("error") if type(payload) is dict else payload
         code = payload.get("code") if type(payload) is dict else None
         handle = msg.ack_for
-        if handle is not None and handle in self.deliveries:
-            # the refusal names one of our routed messages: it will not be delivered
-            self._hop_failed(handle, code if code in ("no_route", "too_large") else "refused")
+        if handle is not None:
+            failed, hop = self.deliveries.fail(handle)
+            if failed:  # the refusal names one of our routed messages: it will not arrive
+                reason = code if code in ("no_route", "too_large") else "refused"
+                self._settle(SendFailed(handle, reason), hop)
         log.info("peer %s reported an error: %.200s", peer.node_id, text)
 
     def _on_disconnect(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1019,7 +1052,7 @@ class Node:
         self._events.append(SendCompleted(msg_id))
 
     def _hop_failed(self, msg_id: str, reason: str) -> None:
-        """``msg_id`` cannot reach the next hop (or the destination refused it)."""
+        """``msg_id`` cannot reach the next hop."""
         quiet = self.deliveries.quiet
         if msg_id in quiet:
             quiet.discard(msg_id)
@@ -1028,6 +1061,16 @@ class Node:
         self._reopen_destinations()
         self.counters.send_failures += 1
         self._events.append(SendFailed(msg_id, reason))
+
+    def _settle(self, event: SendCompleted | SendFailed, hop: Any) -> None:
+        """A routed send resolved end to end: its one outcome. If the first hop still holds
+        the message, the hop's own outcome, when it comes, stays internal."""
+        if isinstance(event, SendFailed):
+            self.counters.send_failures += 1
+        self._events.append(event)
+        if hop is not None and self.peers_by_id.get(hop.node_id) is hop and hop.window.holds(event.handle):
+            self.deliveries.quiet.add(event.handle)
+        self._reopen_destinations()
 
     def _reopen_destinations(self) -> None:
         for destination in self.deliveries.reopened():
@@ -1200,7 +1243,7 @@ class Node:
         """Give up a handshake in progress (no event follows); False when there was none."""
         return self._pending_connects.pop(addr, None) is not None
 
-    def _maybe_connect(self, addr: tuple, now: float) -> None:
+    def _maybe_connect(self, addr: tuple, now: float) -> bool:
         """Discovery's connect: only new addresses, within max_connections, not cooling down;
         a short attempt (two requests), and an address that does not answer cools down, so a
         peer that lists invented addresses cannot make this node hammer them."""
@@ -1210,16 +1253,18 @@ class Node:
             or addr == self.local_addr
             or len(self.peers_by_id) + len(self._pending_connects) >= self.config.max_connections
         ):
-            return
+            return False
         until = self._cooldown.get(addr)
         if until is not None:
             if now < until:
-                return
+                return False
             del self._cooldown[addr]
         self.connect(addr, now, deadline=now + 2 * self.config.rto_initial)
         pending = self._pending_connects.get(addr)
-        if pending is not None:
-            pending.discovered = True
+        if pending is None:
+            return False
+        pending.discovered = True
+        return True
 
     def send_data(
         self, node_id: str, payload: Any, now: float, *, reliable: bool = True
@@ -1256,7 +1301,7 @@ class Node:
             payload = self._routed(node_id, msg_id, payload, ts, confirm=confirmed)
         self._send_data_to(peer, payload, msg_id, ts, reliable, now)
         if confirmed:
-            self.deliveries.expect(msg_id, node_id, now)
+            self.deliveries.expect(msg_id, node_id, now, peer)
             deadline = now + self.deliveries.timeout
             if deadline < self._delivery_at:
                 self._delivery_at = deadline
@@ -1456,8 +1501,8 @@ class Node:
         if now >= self._discovery_at:
             self._run_discovery(now)
         if now >= self._delivery_at:
-            for handle in self.deliveries.expire(now):
-                self._events.append(SendFailed(handle, "timeout"))
+            for handle, hop in self.deliveries.expire(now):
+                self._settle(SendFailed(handle, "timeout"), hop)
             self._reopen_destinations()
             self._delivery_at = self.deliveries.next_deadline()
         if now >= self._housekeeping_at:

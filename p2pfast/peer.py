@@ -45,6 +45,7 @@ class Peer(receive.Session):
         "next_seq",
         "ack_floor",
         "hello_id",
+        "dial_allowance",
         "peerinfo_prefix",
         "nodeinfo_json",
         "window_blocked",
@@ -89,6 +90,8 @@ class Peer(receive.Session):
             0.001,
             peer_rx_window(node_info) if self.p2pfast else DEFAULT_RX_WINDOW,
         )
+        #: Bytes of dials this peer's lists have earned (see Node._on_discovery_response).
+        self.dial_allowance = 0
         #: Id of the HandshakeRequest that opened the session (None: we opened it).
         self.hello_id: str | None = None
         #: Our first sequence number in this session (random for a p2pfast node), and the next.

@@ -197,3 +197,40 @@ def test_a_destination_without_a_route_back_confirms_the_way_the_message_came():
     assert net.run(1.0, lambda: outcome(net, alice, handle) is not None)
     assert isinstance(outcome(net, alice, handle), SendCompleted)
     assert "confirmation_unroutable" not in bob.counters.rejected
+
+
+def test_a_routed_send_has_exactly_one_outcome_whatever_order_they_come_in():
+    """The destination's confirmation may overtake the first hop's Ack (lost, then sent
+    again), and a refusal may come while the hop still holds the message: one event each."""
+    net, hub, alice, bob = triangle()
+    hop_acks = []
+
+    def lose_first_hop_ack(data: bytes, src: tuple, dst: tuple) -> bool:
+        msg = codec.decode(data)
+        if src == hub.local_addr and dst == alice.local_addr and msg.type == T.Ack and not hop_acks:
+            hop_acks.append(msg)
+            return True
+        return False
+
+    net.drop_rules.append(lose_first_hop_ack)
+    handle = alice.send_data(bob.node_id, {"n": 1}, net.now)
+    net.flush()
+    net.run(5.0)
+    outcomes = [e for e in net.events[alice.local_addr] if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle]
+    assert hop_acks and [type(e) for e in outcomes] == [SendCompleted]
+    assert not alice.deliveries.quiet and not len(alice.peers_by_id[hub.node_id].window)
+    # a refusal that settles a send the hop has not acknowledged yet
+    net.drop_rules = [lambda data, src, dst: src == hub.local_addr and codec.decode(data).type == T.Ack]
+    bob_id = bob.node_id
+    bob.close(net.now)
+    net.flush()
+    net.run(0.5)
+    alice.routes.add(bob_id, hub.node_id, 2, True)
+    handle = alice.send_data(bob_id, {"n": 2}, net.now)
+    net.flush()
+    net.run(0.5)
+    net.drop_rules.clear()
+    net.run(5.0)
+    outcomes = [e for e in net.events[alice.local_addr] if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle]
+    assert [(type(e), e.reason) for e in outcomes] == [(SendFailed, "no_route")]
+    assert not alice.deliveries.quiet

@@ -118,6 +118,7 @@ def test_a_lying_peer_list_costs_few_dials():
     per_address = max(net.sent_to[a] for a in dialled)
     assert per_address <= 2 * 700  # two handshake requests, then the address cools down
     assert dial_bytes <= 20 * DIALS_PER_LIST * 2 * 700
+    assert dial_bytes <= 3 * 20 * len(lie)  # the liar pays: at most 3x what it sent
 
 
 def test_a_peer_list_that_overtakes_the_handshake_response_is_kept():

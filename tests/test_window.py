@@ -1073,3 +1073,11 @@ def test_filter_ranges_match_the_set_model(window, width, seqs, limit):
         else:
             runs.append([x, x])
     assert f.ranges(limit) == runs[:limit]
+
+
+def test_send_holds_by_message_id(window):
+    sw = window.SendWindow()
+    sw.add(1, "a", b"x", 0.0)
+    assert sw.holds("a") and not sw.holds("b")
+    sw.on_ack_seq(1, 0.1)
+    assert not sw.holds("a")
