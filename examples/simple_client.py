@@ -10,6 +10,7 @@ import argparse
 import asyncio
 
 from p2pfast import Config, P2PServer
+from p2pfast.addr import format_addr
 from p2pfast.server import run
 
 
@@ -35,7 +36,7 @@ async def main(server_addr: str, name: str, network_id: str) -> None:
         print(f"ping/pong: rtt {rtt * 1000:.2f} ms")
 
         peers = await client.list_peers(server_id, full_info=True)
-        print(f"discovery: {len(peers)} node(s): " + ", ".join(f"{p['name']}@{p['listen_addr']}" for p in peers))
+        print(f"discovery: {len(peers)} node(s): " + ", ".join(f"{p.name}@{format_addr(p.listen_addr)}" for p in peers if p.listen_addr))
 
         await client.disconnect(server_id, reason="done")
         print("disconnected")

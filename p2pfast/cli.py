@@ -72,7 +72,7 @@ def main(config_file: str | None, log_level: str, **flags: Any) -> None:
 async def _serve(config: Config) -> None:
     from .server import P2PServer
 
-    server = P2PServer(config)
+    server = P2PServer(config, echo=config.echo, queue_data=False)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ._speedups import sendbatch
 from .node import Node
@@ -123,7 +123,9 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     def _arm(self) -> None:
         self._cancel_timer()
         when = self.node.get_timer()
-        if when != _INF:
+        # A closed node or socket schedules nothing (a closed node ignores its timer: arming
+        # it would re-fire at once, forever).
+        if when != _INF and self.transport is not None and not self.node.closed:
             self._timer_at = when
             self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._fire)
 

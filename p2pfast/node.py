@@ -1196,6 +1196,9 @@ class Node:
         call for a handshake in progress extends its deadline if the new one is later."""
         if deadline is None:
             deadline = now + self.config.connect_timeout
+        if self.closed:
+            self._events.append(ConnectFailed(addr, "the node is closed", "shutdown"))
+            return
         if addr in self.peers_by_addr:
             peer = self.peers_by_addr[addr]
             self._events.append(PeerConnected(peer.node_id, addr, peer.node_info))

@@ -520,3 +520,18 @@ def test_a_lost_first_message_is_asked_for_and_a_persisting_gap_again():
     net.flush()
     assert net.run(10.0, lambda: len(delivered(net, server)) == 3)
     assert [r[0] for r in requests[:3]] == [first, first, first]  # the very first number too
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sixteen_handshakes_through_thirty_percent_loss_all_succeed_by_default(seed):
+    """Default settings, 30 % loss each way, a 15 s deadline: every handshake gets there."""
+    net = VirtualNet(100 + seed, delay=0.01, loss=0.30)
+    hub = net.add(make_node(9000, max_connections=64))
+    clients = [net.add(make_node(9100 + i)) for i in range(16)]
+    start = net.now
+    for client in clients:
+        client.connect(hub.local_addr, net.now, deadline=net.now + 15.0)
+    net.flush()
+    net.run(16.0, lambda: all(hub.local_addr in c.peers_by_addr for c in clients))
+    joined = [c for c in clients if hub.local_addr in c.peers_by_addr]
+    assert len(joined) == 16, f"{len(joined)}/16 within {net.now - start:.1f} s"

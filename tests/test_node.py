@@ -776,8 +776,8 @@ def test_connect_refused_and_timeout_events():
     node.connect(BOB, T0, deadline=T0 + 10)
     while node.get_timer() <= T0 + 10:
         node.handle_timer(node.get_timer())
-    # retries at 1, 2, 4 s apart, then every 4 s (the cap) until the deadline
-    assert len(node.datagrams_to_send()) == 4  # at T0, +1, +3, +7; it fails at the deadline, +10
+    # a retry after rto_initial, then every second (the cap) until the deadline
+    assert len(node.datagrams_to_send()) == 10  # at T0, +1, +2, ..., +9; it fails at +10
     (event,) = events(node)
     assert isinstance(event, ConnectFailed) and event.code == "timeout"
 

@@ -15,6 +15,12 @@ from p2pfast.server import BindError
 from .netutil import LossyRelay, on_uvloop
 
 
+async def anext_(stream):
+    async for item in stream:
+        return item
+    raise AssertionError("stream ended")
+
+
 def config(**kw) -> Config:
     settings = dict(listen_address="127.0.0.1:0", network_id="api", enable_discovery=False)
     settings.update(kw)
@@ -32,6 +38,7 @@ async def test_connect_send_receive_and_stats():
         peer_id = await client.connect_to_peer(f"127.0.0.1:{server.local_address[1]}")
         assert peer_id == server.node_id
         assert client.node_id in server.peers
+        assert server.peers[client.node_id].address == client.local_address
         for i in range(50):
             await client.send(server.node_id, {"i": i})
         assert [m.payload for m in received] == [{"i": i} for i in range(50)]
@@ -57,7 +64,7 @@ async def test_messages_async_iterator_and_routing_through_a_hub():
             await asyncio.sleep(0.02)
         assert alice.node.routes.next_hop(bob.node_id) == hub.node_id
         await alice.send(bob.node_id, "via the hub")
-        msg = await asyncio.wait_for(inbox.__anext__(), 5)
+        msg = await asyncio.wait_for(anext_(inbox), 5)
         assert (msg.payload, msg.source, msg.route_id is not None) == ("via the hub", alice.node_id, True)
 
 
@@ -72,8 +79,9 @@ async def test_send_to_unknown_node_raises():
 @on_uvloop
 async def test_connect_refused_on_network_mismatch():
     async with P2PServer(config()) as server, P2PServer(config(network_id="other")) as client:
-        with pytest.raises(ConnectionRefusedError, match="different network"):
+        with pytest.raises(ConnectionRefusedError, match="different network") as info:
             await client.connect_to_peer(server.local_address)
+        assert info.value.code == "network_mismatch"
 
 
 @on_uvloop
