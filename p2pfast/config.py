@@ -8,10 +8,12 @@ one-line message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -70,6 +72,8 @@ class Config:
     reconnect_cooldown: float = 30.0
     #: Seconds between one-line statistics in the log (0 = never).
     stats_interval: float = 60.0
+    #: ``ip:port`` serving Prometheus metrics at ``/metrics`` over HTTP (None = off).
+    metrics_address: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,13 +82,16 @@ class Config:
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the first bad key."""
-        try:
-            parse_addr(self.listen_address)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"listen_address: {exc}") from None
+        _address("listen_address", self.listen_address)
         _positive_int("max_connections", self.max_connections)
         _positive_number("heartbeat_interval", self.heartbeat_interval)
         _positive_number("connection_timeout", self.connection_timeout)
+        if self.connection_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"connection_timeout ({self.connection_timeout:g}s) must exceed "
+                f"heartbeat_interval ({self.heartbeat_interval:g}s): idle peers would be "
+                "evicted before they are pinged"
+            )
         rng = self.discovery_port_range
         if (
             not isinstance(rng, (list, tuple))
@@ -139,11 +146,35 @@ class Config:
             raise ConfigError("reconnect_cooldown: expected a number >= 0")
         if type(self.stats_interval) not in (int, float) or self.stats_interval < 0:
             raise ConfigError("stats_interval: expected a number >= 0")
+        if self.metrics_address is not None:
+            _address("metrics_address", self.metrics_address)
+
+    def advisories(self) -> list[str]:
+        """Settings that work but probably not as intended: one line each, for a warning."""
+        notes: list[str] = []
+        if self.connection_timeout < 2 * self.heartbeat_interval:
+            notes.append(
+                f"connection_timeout ({self.connection_timeout:g}s) is under twice "
+                f"heartbeat_interval ({self.heartbeat_interval:g}s): a quiet peer may be "
+                "evicted before it is pinged"
+            )
+        if not self.rto_min <= self.rto_initial <= self.rto_max:
+            clamped = min(max(self.rto_initial, self.rto_min), self.rto_max)
+            notes.append(
+                f"rto_initial ({self.rto_initial:g}s) is outside rto_min..rto_max "
+                f"({self.rto_min:g}..{self.rto_max:g}s): {clamped:g}s is used"
+            )
+        if self.gap_delay >= self.rto_initial:
+            notes.append(
+                f"gap_delay ({self.gap_delay:g}s) is not below rto_initial "
+                f"({self.rto_initial:g}s): senders retransmit before a gap is reported"
+            )
+        return notes
 
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> "Config":
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> Config:
         """Build from a dict (e.g. parsed config.json); unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -156,7 +187,7 @@ class Config:
         return cls(**kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "Config":
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
         """Load a JSON config file (the seed's format)."""
         try:
             raw = Path(path).read_bytes()
@@ -177,7 +208,7 @@ class Config:
         *,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
-    ) -> "Config":
+    ) -> Config:
         """Defaults < file < ``P2PFAST_*`` environment < overrides (None values are skipped)."""
         base = cls.from_file(path) if path is not None else cls()
         merged = dataclasses.asdict(base)
@@ -220,6 +251,35 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+#: ``P2PFAST_*`` variables that are not configuration keys but are read elsewhere.
+OTHER_ENV_VARS = frozenset(
+    {"P2PFAST_NO_EXTENSIONS", "P2PFAST_REQUIRE_EXTENSIONS", "P2PFAST_LOG_LEVEL"}
+)
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """One warning line per ``P2PFAST_*`` variable p2pfast does not read, with a guess."""
+    known = {"P2PFAST_" + f.name.upper() for f in fields(Config)} | OTHER_ENV_VARS
+    notes = []
+    for name in sorted(env):
+        if not name.startswith("P2PFAST_") or name in known:
+            continue
+        # Compare what follows the prefix, or every name would look alike.
+        suffixes = sorted(k[len("P2PFAST_") :] for k in known)
+        guess = difflib.get_close_matches(name[len("P2PFAST_") :], suffixes, n=1, cutoff=0.6)
+        hint = f" (did you mean P2PFAST_{guess[0]}?)" if guess else ""
+        notes.append(f"unknown environment variable {name} is ignored{hint}")
+    return notes
+
+
+def _address(key: str, text: Any) -> None:
+    """Check an ``ip:port`` value; the error says how to write what was probably meant."""
+    try:
+        parse_addr(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def _positive_int(key: str, value: Any) -> None:
     if type(value) is not int or value <= 0:
         raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
@@ -235,4 +295,4 @@ def _positive_number(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected a number > 0, got {value!r}")
 
 
-__all__ = ["Config", "env_overrides", "field"]
+__all__ = ["Config", "env_overrides", "field", "unknown_env_vars"]

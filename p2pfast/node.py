@@ -78,7 +78,7 @@ from .reliability import (
 )
 from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
-from .stats import Counters, PeerStats, ServerStats, snapshot
+from .stats import Counters, PeerStats, ServerStats, format_stats_line, snapshot
 
 log = logging.getLogger("p2pfast")
 
@@ -1678,18 +1678,7 @@ class Node:
                 self._queue(shared, peer, T_DISCOVERY_RESPONSE)
 
     def _log_stats(self, now: float) -> None:
-        c = self.counters
-        log.info(
-            "stats: peers=%d in=%d out=%d acks=%d/%d retransmits=%d duplicates=%d rejected=%d",
-            len(self.peers_by_id),
-            c.datagrams_in,
-            c.datagrams_out,
-            c.acks_sent,
-            c.acks_received,
-            c.retransmits,
-            c.duplicates,
-            sum(c.rejected.values()),
-        )
+        log.info("%s", format_stats_line(self.get_stats(now)))
 
     # ------------------------------------------------------------------------------------
     # Helpers

@@ -64,3 +64,24 @@ def snapshot(counters: Any, **context: Any) -> ServerStats:
         **plain,
         **context,
     )
+
+
+def format_stats_line(stats: ServerStats) -> str:
+    """The periodic log line, in words a reader understands without the source::
+
+        stats: 3/100 peers, datagrams 1200 in / 1180 out, messages acked by us 500 / by peers
+        498, retransmitted 2, duplicates dropped 0, delivered 10, forwarded 4, send failures 0,
+        evicted 0, rejected 3 (not_json 2, handshake_required 1)
+    """
+    peers = stats.peer_stats
+    rejected = sum(stats.rejected.values())
+    detail = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.rejected.items()))
+    return (
+        f"stats: {peers.total_peers}/{peers.max_connections} peers, "
+        f"datagrams {stats.datagrams_in} in / {stats.datagrams_out} out, "
+        f"messages acked by us {stats.acks_sent} / by peers {stats.acks_received}, "
+        f"retransmitted {stats.retransmits}, duplicates dropped {stats.duplicates}, "
+        f"delivered {stats.delivered}, forwarded {stats.forwarded}, "
+        f"send failures {stats.send_failures}, in flight {peers.in_flight}, "
+        f"evicted {stats.evictions}, rejected {rejected}" + (f" ({detail})" if detail else "")
+    )

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Real datagrams captured from the Rust server and client (a copy of
-#: ../shared/reference/wire-examples.jsonl, so the suite is self-contained).
+#: Real datagrams captured from the Rust server and client (kept in the repository, so the
+#: suite is self-contained).
 WIRE_EXAMPLES = ROOT / "tests" / "data" / "wire-examples.jsonl"
 
 NO_EXTENSIONS = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")

@@ -197,11 +197,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode != 0
+    assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("p2pfast-server: error:") or lines[0].startswith("Error:") or "Usage" in result.stderr
+    assert lines[0].startswith("p2pfast-server: error: "), lines[0]
     assert fragment in lines[0], lines[0]
 
 
@@ -289,23 +289,3 @@ def test_server_answers_a_handshake_with_new_uuid_forms(server, clients):
     ack = client.recv_type(T.Ack)
     assert ack.ack_for == rid  # simple form normalized to hyphenated lowercase
     assert client.recv_type(T.HandshakeResponse).payload["success"]
-
-
-def test_example_client_runs_its_whole_session(server):
-    from pathlib import Path
-
-    example = Path(__file__).resolve().parent.parent / "examples" / "simple_client.py"
-    result = subprocess.run(
-        [sys.executable, str(example), f"127.0.0.1:{server.addr[1]}", "alice", "--network-id", "test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("handshake ok") and server.node_id in lines[0]
-    assert lines[1] == "data acked"
-    assert "'echo': {'text': 'hello from alice'}" in lines[2]
-    assert lines[3].startswith("ping/pong: rtt")
-    assert lines[4].startswith("discovery: 1 node(s): alice@127.0.0.1:")
-    assert lines[5] == "disconnected"
