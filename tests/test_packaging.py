@@ -1,5 +1,5 @@
 """Packaging: one version everywhere, a lean ``p2pfast.bench`` import, and, when the suite
-runs against an installed wheel (``.ci/wheel-roundtrip`` sets ``P2PFAST_TEST_INSTALLED_FROM``),
+runs against an installed wheel (``.ci/wheel-roundtrip`` sets ``WHEEL_TEST_INSTALLED_FROM``),
 proof that the wheel, not a source tree, is what is being tested."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 import p2pfast
 
-INSTALLED_FROM = os.environ.get("P2PFAST_TEST_INSTALLED_FROM")
-EXPECT_EXTENSIONS = os.environ.get("P2PFAST_TEST_EXPECT_EXTENSIONS")
+INSTALLED_FROM = os.environ.get("WHEEL_TEST_INSTALLED_FROM")
+EXPECT_EXTENSIONS = os.environ.get("WHEEL_TEST_EXPECT_EXTENSIONS")
 ROOT = Path(__file__).resolve().parent.parent
 
 
