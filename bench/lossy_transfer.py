@@ -1,7 +1,8 @@
 """Reliable transfer through the seeded lossy relay, against the same transfer loss-free, side
 by side in one run on real loopback sockets.
 
-    python bench/lossy_transfer.py [--messages 2000] [--seeds 5] [--loss 0.10] [--duplicate 0.05] [--reorder 0.10]
+    python bench/lossy_transfer.py [--messages 2000] [--seeds 5] [--loss 0.10]
+                                   [--duplicate 0.05] [--reorder 0.10]
 
 For each seed it sends ``--messages`` reliable messages from one node to another through a
 relay (loss-free, then with the odds given, both directions) and reports the time until every
@@ -26,10 +27,13 @@ async def transfer(messages: int, loss: float, duplicate: float, reorder: float,
     """One transfer through a relay with these odds; what it took."""
     config = dict(listen_address="127.0.0.1:0", network_id="bench-lossy", enable_discovery=False)
     got: set[int] = set()
-    async with P2PServer(Config(**config), on_data=lambda m: got.add(m.payload)) as server, P2PServer(
-        Config(**config)
-    ) as client:
-        relay = LossyRelay(server.local_address, loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
+    async with (
+        P2PServer(Config(**config), on_data=lambda m: got.add(m.payload)) as server,
+        P2PServer(Config(**config)) as client,
+    ):
+        relay = LossyRelay(
+            server.local_address, loss=loss, duplicate=duplicate, reorder=reorder, seed=seed
+        )
         relay_addr = await relay.start()
         try:
             await client.connect_to_peer(relay_addr, timeout=15)

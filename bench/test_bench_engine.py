@@ -58,14 +58,27 @@ def _datagram(kind: str, seq: int | None = None, payload=None, requires_ack: boo
 
 
 def _endpoint(loop: asyncio.AbstractEventLoop) -> NodeEndpoint:
-    node = Node(Config(listen_address="127.0.0.1:18080", network_id="bench", enable_discovery=False, echo=False), now=time.monotonic())
+    node = Node(
+        Config(
+            listen_address="127.0.0.1:18080", network_id="bench", enable_discovery=False, echo=False
+        ),
+        now=time.monotonic(),
+    )
 
     async def make() -> NodeEndpoint:  # the endpoint binds to the running loop
         return NodeEndpoint(node, lambda: None)
 
     endpoint = loop.run_until_complete(make())
     endpoint.connection_made(_NullTransport())
-    info = {"capabilities": ["handshake"], "id": "4b1bfa44-87cb-44de-a11e-b0d648397b65", "listen_addr": "0.0.0.0:1", "metadata": {}, "name": "bench", "network_id": "bench", "version": "0.3.0"}
+    info = {
+        "capabilities": ["handshake"],
+        "id": "4b1bfa44-87cb-44de-a11e-b0d648397b65",
+        "listen_addr": "0.0.0.0:1",
+        "metadata": {},
+        "name": "bench",
+        "network_id": "bench",
+        "version": "0.3.0",
+    }
     _feed(endpoint, [_datagram("HandshakeRequest", payload=info)])
     return endpoint
 

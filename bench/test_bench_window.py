@@ -177,7 +177,6 @@ def test_streaming_cycle(benchmark, window):
     # ~100 in flight at 1 ms spacing, each acked 100 ms after it was sent; due() every message
     # (the cached bound goes stale as acks arrive and is recomputed now and then).
     sw = window.SendWindow(capacity=IN_FLIGHT)
-    ids = [f"m{i}" for i in range(BATCH)]
     data = b"x" * 200
     lag = 100
     state = [0.0, 0]

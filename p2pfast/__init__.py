@@ -10,6 +10,7 @@ engine underneath. Every exception p2pfast raises on purpose is a :class:`P2PErr
 from __future__ import annotations
 
 from ._speedups import USE_EXTENSIONS
+from ._version import __version__
 from .addr import Address
 from .config import Config
 from .errors import (
@@ -42,8 +43,6 @@ from .info import NodeInfo, PeerInfo
 from .protocol import MAX_MESSAGE_SIZE, MessageType
 from .server import EventStream, MessageStream, P2PServer
 from .stats import PeerStats, ServerStats
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAX_MESSAGE_SIZE",

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
+from ._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 from .addr import parse_addr
 from .errors import ProtocolError
-
-from ._wire import MAX_MESSAGE_SIZE, MAX_U32, MAX_U64, STUN_MAGIC, TYPE_NAMES
 
 _TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
 _TYPE_BYTES = tuple(name.encode() for name in TYPE_NAMES)
@@ -61,14 +61,14 @@ class Message:
     """One decoded envelope. ``type`` is the integer message-type code."""
 
     __slots__ = (
+        "ack_for",
         "id",
-        "type",
-        "timestamp",
         "payload",
+        "requires_ack",
         "sender_addr",
         "sequence_number",
-        "requires_ack",
-        "ack_for",
+        "timestamp",
+        "type",
     )
 
     def __init__(
@@ -95,7 +95,7 @@ class Message:
     def type_name(self) -> str:
         return TYPE_NAMES[self.type]
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[Any, ...]:
         return (
             self.id,
             self.type,
@@ -108,9 +108,10 @@ class Message:
         )
 
     def __eq__(self, other: object) -> bool:
-        if not hasattr(other, "as_tuple"):
+        as_tuple = getattr(other, "as_tuple", None)
+        if as_tuple is None:
             return NotImplemented
-        return self.as_tuple() == other.as_tuple()  # type: ignore[attr-defined]
+        return bool(self.as_tuple() == as_tuple())
 
     def __repr__(self) -> str:
         return (
@@ -142,7 +143,8 @@ def normalize_uuid(value: object) -> str:
 
 
 def decode(data: bytes) -> Message:
-    """Decode one datagram; raise :class:`ProtocolError` for anything that is not a valid message."""
+    """Decode one datagram; raise :class:`ProtocolError` for anything that is not a valid
+    message."""
     size = len(data)
     if size > MAX_MESSAGE_SIZE:
         raise ProtocolError("too_large", f"{size} bytes > {MAX_MESSAGE_SIZE}")
@@ -209,8 +211,8 @@ def _refill_ids() -> str:
         raise ValueError("the id entropy source returned the wrong number of bytes")
     h = raw.hex()
     batch = [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
-        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * _ID_BATCH, 32)
     ]
     batch.reverse()  # handed out from the end: the first slot first, as the compiled twin

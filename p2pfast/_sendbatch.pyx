@@ -1,6 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
 """Compiled batched output: many datagrams per system call (``sendmmsg`` on Linux).
 
+On Windows (no ``sendmmsg``, no POSIX sockets API) it takes no datagram: ``send`` hands every
+pair back to the caller, and the event loop's transport sends them (the portable path).
+
 Twin of :mod:`p2pfast._sendbatch_py` (same API and behaviour, one ``sendto`` per datagram).
 A busy node answers most datagrams it reads with one of its own (an Ack, a Pong); the
 endpoint collects what one event-loop iteration produced and hands it here, so the kernel
@@ -26,13 +29,27 @@ cdef extern from *:
     """
     #include <string.h>
     #include <errno.h>
+    #define P2P_BATCH 64
+
+    #ifdef _WIN32
+    typedef struct { int unused; } p2p_batch;
+
+    /* Windows: no slot is ever filled, so every pair goes to the transport. */
+    static int p2p_batch_set(p2p_batch* b, int i, int family, const char* host, int port,
+                             const char* buf, size_t len) {
+        return 0;
+    }
+
+    static int p2p_batch_send(p2p_batch* b, int fd, int n) {
+        errno = EINVAL;
+        return -1;
+    }
+    #else
     #include <sys/types.h>
     #include <sys/socket.h>
     #include <sys/uio.h>
     #include <netinet/in.h>
     #include <arpa/inet.h>
-
-    #define P2P_BATCH 64
 
     typedef struct {
         struct sockaddr_storage addr[P2P_BATCH];
@@ -97,6 +114,7 @@ cdef extern from *:
         return n;
     #endif
     }
+    #endif  /* _WIN32 */
     """
     ctypedef struct p2p_batch:
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from typing import Any
 
 #: Datagrams per system call in the compiled twin.
@@ -50,13 +51,15 @@ class BatchSender:
     transport would report them to ``error_received`` and drop them.
     """
 
-    __slots__ = ("_sock", "_closed", "family", "blocked", "errors", "syscalls")
+    __slots__ = ("_closed", "_sock", "blocked", "errors", "family", "syscalls")
 
     def __init__(self, fd: int, family: int) -> None:
         self.family = family
         self._sock: socket.socket | None = None
         self._closed = False
-        if family in (socket.AF_INET, socket.AF_INET6):
+        # Windows: socket handles are no C runtime descriptors (no os.dup), and there is no
+        # sendmmsg to mirror: every pair goes to the transport, as in the compiled twin.
+        if family in (socket.AF_INET, socket.AF_INET6) and sys.platform != "win32":
             # A duplicate descriptor: closing this object never closes the transport's socket.
             self._sock = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(fd))
             self._sock.setblocking(False)
@@ -71,7 +74,7 @@ class BatchSender:
             self._sock.close()
             self._sock = None
 
-    def send(self, items: list[tuple[bytes, tuple]], start: int = 0) -> int:
+    def send(self, items: list[tuple[bytes, tuple[Any, ...]]], start: int = 0) -> int:
         """Send ``items[start:]``; return the index of the first pair not sent."""
         if not 0 <= start <= len(items):
             raise ValueError(f"start {start} outside 0..{len(items)}")
@@ -79,7 +82,7 @@ class BatchSender:
         if self._closed:
             self.blocked = True
             return start
-        sock = self._sock  # None only for a family without IP literals: _target refuses all
+        sock = self._sock  # None for a family without IP literals, and on Windows
         family = self.family
         for i in range(start, len(items)):
             item = items[i]
@@ -89,9 +92,8 @@ class BatchSender:
             if type(data) is not bytes or type(addr) is not tuple or len(addr) < 2:
                 return i
             target = _target(addr[0], addr[1], family)
-            if target is None:
+            if target is None or sock is None:
                 return i
-            assert sock is not None
             while True:
                 self.syscalls += 1
                 try:

@@ -12,17 +12,19 @@ import importlib.util
 import os
 import sys
 import warnings
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 _disabled = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")
 _wanted = not _disabled and sys.implementation.name == "cpython"
 
-codec: ModuleType
-window: ModuleType
-receive: ModuleType
-sendbatch: ModuleType
-
-if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
+if TYPE_CHECKING:
+    # Type checkers see the compiled modules (described by their .pyi stubs); each pure twin
+    # has the same API, which the test suite runs on both.
+    from . import _codec as codec
+    from . import _receive as receive
+    from . import _sendbatch as sendbatch
+    from . import _window as window
+elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
         from . import _receive as receive
@@ -41,9 +43,11 @@ if _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
         from . import _window_py as window
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
-    from . import _receive_py as receive  # noqa: F401  (re-exported)
-    from . import _sendbatch_py as sendbatch  # noqa: F401  (re-exported)
-    from . import _window_py as window  # noqa: F401  (re-exported)
+    from . import _receive_py as receive
+    from . import _sendbatch_py as sendbatch
+    from . import _window_py as window
+
+__all__ = ["USE_EXTENSIONS", "codec", "receive", "sendbatch", "window"]
 
 #: True when the compiled Cython modules are the ones in use.
 USE_EXTENSIONS: bool = codec.__name__.endswith("._codec")

@@ -8,7 +8,6 @@ from typing import Any
 from ._speedups import receive
 from .protocol import TYPE_NAMES
 
-
 #: The engine's counters (compiled with the receive path that bumps most of them).
 Counters = receive.Counters
 COUNTER_FIELDS: tuple[str, ...] = receive.COUNTER_FIELDS
@@ -59,8 +58,8 @@ def snapshot(counters: Any, **context: Any) -> ServerStats:
     plain["datagrams_in"] = counters.datagrams_in
     plain["datagrams_out"] = counters.datagrams_out
     return ServerStats(
-        messages_received={n: c for n, c in zip(TYPE_NAMES, counters.rx_by_type) if c},
-        messages_sent={n: c for n, c in zip(TYPE_NAMES, counters.tx_by_type) if c},
+        messages_received={n: c for n, c in zip(TYPE_NAMES, counters.rx_by_type, strict=True) if c},
+        messages_sent={n: c for n, c in zip(TYPE_NAMES, counters.tx_by_type, strict=True) if c},
         rejected=dict(counters.rejected),
         **plain,
         **context,

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from .netutil import ServerProcess
+
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="p2pfast-bench stops its servers with SIGTERM and meters them through /proc (POSIX)",
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 NO_EXTENSIONS = os.environ.get("P2PFAST_NO_EXTENSIONS", "") not in ("", "0")
 
@@ -85,6 +92,37 @@ def test_unreachable_target_fails_with_one_line_error() -> None:
     assert "handshake" in lines[0]
 
 
+def test_target_on_another_network_needs_its_network_id(tmp_path: Path) -> None:
+    """``--target`` against a server that is not on the bench's default network ("bench"):
+    refused without ``--network-id`` (the server says why, on one line), served with it."""
+    out = tmp_path / "target.json"
+    with ServerProcess("--network-id", "lab-7", "--no-echo", "-m", "16") as server:
+        target = f"{server.addr[0]}:{server.addr[1]}"
+        args = ("--target", target, "--peers", "2", "--duration", "0.3", "--window", "1",
+                "--workload", "ping", "--no-progress")  # fmt: skip
+        refused = _bench(*args, timeout=30)
+        served = _bench(*args, "--network-id", "lab-7", "--json", str(out), timeout=30)
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, refused.stderr
+    assert lines[0].startswith("p2pfast-bench: error: handshake failed"), lines[0]
+    assert "0/2 peers connected" in lines[0]
+
+    assert served.returncode == 0, served.stderr
+    doc = json.loads(out.read_text())
+    assert doc["options"]["network_id"] == "lab-7"
+    (run,) = doc["runs"]
+    assert run["target"] is True and run["server"] == target
+    assert run["handshakes"] == 2 and run["completions"] > 0
+
+
+def test_empty_network_id_is_refused() -> None:
+    proc = _bench("--network-id", "", "--peers", "1", "--no-progress", timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "non-empty network id" in proc.stderr
+
+
 @pytest.mark.parametrize("workload", ["ping", "routed"])
 def test_other_workloads_complete(workload: str) -> None:
     impl = "pure" if NO_EXTENSIONS else "compiled"
@@ -119,7 +157,9 @@ def test_coalesced_acks_run_reports_ack_fields(tmp_path: Path) -> None:
 
 
 def test_acks_only_for_the_data_workload() -> None:
-    proc = _bench("--workload", "ping", "--acks", "coalesced", "--peers", "2", "--no-progress", timeout=30)
+    proc = _bench(
+        "--workload", "ping", "--acks", "coalesced", "--peers", "2", "--no-progress", timeout=30
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "--acks coalesced applies to the data workload only" in proc.stderr
@@ -135,9 +175,14 @@ def test_rounds_interleave_runs_and_report_median_ratios(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     assert [(r["round"], r["kind"]) for r in doc["runs"]] == [
-        (1, "p2pfast"), (1, "baseline"), (2, "p2pfast"), (2, "baseline")
+        (1, "p2pfast"),
+        (1, "baseline"),
+        (2, "p2pfast"),
+        (2, "baseline"),
     ]
-    per_round = [r["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"] for r in doc["ratios_per_round"]]
+    per_round = [
+        r["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"] for r in doc["ratios_per_round"]
+    ]
     assert len(per_round) == 2 and all(x is not None and x > 0 for x in per_round)
     median = doc["ratios"]["p2pfast_over_baseline"][impl]["server_cpu_us_per_msg"]
     assert median == pytest.approx(sum(per_round) / 2, abs=0.002)  # median of two = their mean

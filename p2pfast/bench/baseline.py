@@ -1,23 +1,26 @@
 """The do-nothing reference for ``p2pfast-bench --baseline``: a minimal uvloop UDP echo server.
 
-``python -m p2pfast._baseline --address 127.0.0.1:0`` binds (port 0 = ephemeral), prints
+``python -m p2pfast.bench.baseline --address 127.0.0.1:0`` binds (port 0 = ephemeral), prints
 ``p2pfast-baseline listening on IP:PORT`` on stderr when ready, sends every datagram straight
 back to its sender and exits 0 on SIGTERM/SIGINT. Its socket buffers are tuned exactly as
 ``p2pfast-server``'s are, so the two run under identical kernel conditions; the CPU it spends
 per datagram is "the cost of a uvloop echo", the floor p2pfast's protocol processing is
-compared with (SPEC §7).
+compared with.
 
 Deliberately imports nothing from p2pfast (``python -m`` still runs ``p2pfast/__init__``,
-which only loads the codec selector) and does no parsing, logging or bookkeeping.
+which only loads the codec selector, and ``p2pfast/bench/__init__``, which loads nothing) and
+does no parsing, logging or bookkeeping.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
+from typing import Any
 
 BUFFER_BYTES = 4 * 1024 * 1024  # as p2pfast.server._tune_buffers
 
@@ -33,7 +36,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.transport.sendto(data, addr)  # type: ignore[union-attr]
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: irrelevant for an echo
@@ -59,14 +62,15 @@ async def _serve(host: str, port: int) -> None:
             f"p2pfast-baseline: error: cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
+        with contextlib.suppress(OSError):  # the kernel may refuse: not fatal
             sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER_BYTES)
-        except OSError:  # pragma: no cover
-            pass
     transport, _ = await loop.create_datagram_endpoint(EchoProtocol, sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows' loops: a plain handler wakes the loop instead
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]:{bound[1]}" if family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"
     print(f"p2pfast-baseline listening on {shown}", file=sys.stderr, flush=True)
@@ -78,10 +82,12 @@ async def _serve(host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m p2pfast._baseline",
+        prog="python -m p2pfast.bench.baseline",
         description="Minimal uvloop UDP echo server (the p2pfast-bench baseline).",
     )
-    parser.add_argument("-a", "--address", default="127.0.0.1:0", help="IP:PORT to bind (port 0 = any)")
+    parser.add_argument(
+        "-a", "--address", default="127.0.0.1:0", help="IP:PORT to bind (port 0 = any)"
+    )
     args = parser.parse_args(argv)
     try:
         host, port = _parse_address(args.address)
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_legacy(uvloop, host: str, port: int) -> None:  # pragma: no cover - uvloop < 0.18
+def _run_legacy(uvloop: Any, host: str, port: int) -> None:  # pragma: no cover - uvloop < 0.18
     loop = uvloop.new_event_loop()
     try:
         loop.run_until_complete(_serve(host, port))
