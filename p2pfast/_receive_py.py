@@ -61,23 +61,23 @@ class Counters:
     """Plain integer counters, cheap to bump on the per-datagram path."""
 
     __slots__ = (
-        "rx_by_type",
-        "tx_by_type",
-        "malformed",
+        "acks_received",
+        "acks_sent",
         "bytes_in",
         "bytes_out",
-        "acks_sent",
-        "acks_received",
-        "retransmits",
-        "retransmit_requests",
-        "duplicates",
         "delivered",
+        "duplicates",
         "echoed",
-        "forwarded",
-        "send_failures",
-        "handshakes",
         "evictions",
+        "forwarded",
+        "handshakes",
+        "malformed",
         "rejected",
+        "retransmit_requests",
+        "retransmits",
+        "rx_by_type",
+        "send_failures",
+        "tx_by_type",
     )
 
     def __init__(self) -> None:
@@ -112,7 +112,9 @@ class Counters:
 
 
 #: The scalar counters, in declaration order (what ``stats.snapshot`` copies).
-COUNTER_FIELDS = tuple(n for n in Counters.__slots__ if n not in ("rx_by_type", "tx_by_type", "rejected"))
+COUNTER_FIELDS = tuple(
+    n for n in Counters.__slots__ if n not in ("rx_by_type", "tx_by_type", "rejected")
+)
 
 
 class Session:
@@ -120,15 +122,15 @@ class Session:
 
     __slots__ = (
         "addr",
-        "node_id",
-        "p2pfast",
-        "last_seen",
+        "budget",
         "dup",
         "gap_at",
-        "pending_acks",
+        "last_seen",
+        "node_id",
+        "p2pfast",
         "pending_ack_id",
+        "pending_acks",
         "proven",
-        "budget",
     )
 
     addr: tuple
@@ -149,17 +151,17 @@ class Receiver:
     """The first stage of ``Node.receive_datagram`` (see the module docstring)."""
 
     __slots__ = (
-        "peers",
-        "counters",
-        "out",
-        "events",
-        "ack_peers",
-        "local_addr",
-        "wall_offset",
-        "deliver",
         "ack_now",
+        "ack_peers",
         "app_limit",
         "app_pending",
+        "counters",
+        "deliver",
+        "events",
+        "local_addr",
+        "out",
+        "peers",
+        "wall_offset",
     )
 
     def __init__(
@@ -187,7 +189,9 @@ class Receiver:
         self.app_limit = 0
         self.app_pending = 0
 
-    def receive(self, data: bytes, addr: tuple, now: float) -> tuple[Any, Session | None, bool] | None:
+    def receive(
+        self, data: bytes, addr: tuple, now: float
+    ) -> tuple[Any, Session | None, bool] | None:
         """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
         the engine. Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
         counters = self.counters
@@ -275,7 +279,9 @@ class Receiver:
             peer.pending_ack_id = msg.id
             self.ack_now = now
         else:
-            if self._send(peer, encode_ack(msg.id, int(now + self.wall_offset), self.local_addr), T_ACK):
+            if self._send(
+                peer, encode_ack(msg.id, int(now + self.wall_offset), self.local_addr), T_ACK
+            ):
                 self.counters.acks_sent += 1
 
     def _send(self, peer: Session, data: bytes, mtype: int) -> bool:

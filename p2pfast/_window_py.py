@@ -28,7 +28,7 @@ class DuplicateFilter:
     delivered).
     """
 
-    __slots__ = ("width", "_highest", "_lowest", "_bits", "_mask")
+    __slots__ = ("_bits", "_highest", "_lowest", "_mask", "width")
 
     def __init__(self, width: int = 1024) -> None:
         if width < 64 or width > 1 << 20 or width & (width - 1):
@@ -81,7 +81,7 @@ class DuplicateFilter:
         """Forget that ``seq`` was seen (a message taken back before it was acknowledged, so
         that its retransmission counts as new). Numbers outside the window are ignored."""
         offset = self._highest - seq
-        if 0 <= seq and 0 <= offset < self.width:
+        if seq >= 0 and 0 <= offset < self.width:
             self._bits &= ~(1 << offset)
 
     def ranges(self, limit: int = 64) -> list[list[int]]:
@@ -126,7 +126,16 @@ class DuplicateFilter:
 
 
 class _InFlight:
-    __slots__ = ("seq", "msg_id", "data", "sent_at", "last_sent", "deadline", "retries", "ambiguous")
+    __slots__ = (
+        "ambiguous",
+        "data",
+        "deadline",
+        "last_sent",
+        "msg_id",
+        "retries",
+        "sent_at",
+        "seq",
+    )
 
     def __init__(self, seq: int, msg_id: str, data: bytes, now: float, deadline: float) -> None:
         self.seq = seq
@@ -166,24 +175,24 @@ class SendWindow:
     """
 
     __slots__ = (
-        "capacity",
-        "max_retries",
-        "rto_min",
-        "rto_max",
-        "granularity",
-        "max_span",
-        "srtt",
-        "rttvar",
-        "rto",
-        "backoff",
-        "work",
-        "largest_acked",
-        "_largest_sent",
-        "_sampled",
-        "_by_seq",
         "_by_id",
-        "_order",
+        "_by_seq",
         "_earliest",
+        "_largest_sent",
+        "_order",
+        "_sampled",
+        "backoff",
+        "capacity",
+        "granularity",
+        "largest_acked",
+        "max_retries",
+        "max_span",
+        "rto",
+        "rto_max",
+        "rto_min",
+        "rttvar",
+        "srtt",
+        "work",
     )
 
     def __init__(

@@ -36,9 +36,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     if text.startswith("["):
         end = text.find("]:")
         if end < 0:
-            raise AddressError(
-                f"invalid address {text!r}: expected [ipv6]:port, e.g. [::1]:9301"
-            )
+            raise AddressError(f"invalid address {text!r}: expected [ipv6]:port, e.g. [::1]:9301")
         host = text[1:end]
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])

@@ -21,9 +21,7 @@ from .addr import parse_addr
 from .errors import ConfigError
 
 #: Keys of the Rust server's config.json that p2pfast accepts and ignores.
-RUST_ONLY_KEYS = frozenset(
-    {"ice", "stun_server", "nat_detection", "allow_symmetric_nat_relay"}
-)
+RUST_ONLY_KEYS = frozenset({"ice", "stun_server", "nat_detection", "allow_symmetric_nat_relay"})
 
 
 @dataclass

@@ -22,7 +22,7 @@ class DeliveryTracker:
     expiring them costs only what expires.
     """
 
-    __slots__ = ("timeout", "per_destination", "_pending", "_count", "_blocked", "quiet")
+    __slots__ = ("_blocked", "_count", "_pending", "per_destination", "quiet", "timeout")
 
     def __init__(self, timeout: float, per_destination: int) -> None:
         self.timeout = timeout

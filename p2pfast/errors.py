@@ -132,8 +132,15 @@ class ConnectError(P2PError, ConnectionError):
     ``address`` is the peer's ``(host, port)``; ``reason`` is English text.
     """
 
-    def __init__(self, message: str, *, code: str, address: tuple[str, int] | None = None,
-                 reason: str = "", peer_text: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        address: tuple[str, int] | None = None,
+        reason: str = "",
+        peer_text: str = "",
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.address = address
@@ -159,8 +166,14 @@ class P2PTimeout(P2PError, TimeoutError):
 
     code = "timeout"
 
-    def __init__(self, message: str, *, waited: float | None = None,
-                 address: tuple[str, int] | None = None, node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        waited: float | None = None,
+        address: tuple[str, int] | None = None,
+        node_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.waited = waited
         self.address = address

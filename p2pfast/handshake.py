@@ -49,18 +49,20 @@ class PendingConnect:
     and when to give up."""
 
     __slots__ = (
-        "msg_id",
-        "data",
         "attempts",
-        "next_at",
-        "started",
+        "data",
         "deadline",
-        "first_seq",
         "discovered",
         "early_list",
+        "first_seq",
+        "msg_id",
+        "next_at",
+        "started",
     )
 
-    def __init__(self, msg_id: str, data: bytes, now: float, first_retry: float, deadline: float) -> None:
+    def __init__(
+        self, msg_id: str, data: bytes, now: float, first_retry: float, deadline: float
+    ) -> None:
         self.msg_id = msg_id
         self.data = data
         self.attempts = 1

@@ -11,7 +11,7 @@ log = logging.getLogger("p2pfast")
 class LogLimiter:
     """At most one log line per reason every ``interval`` seconds, with a count of the rest."""
 
-    __slots__ = ("interval", "_next", "_suppressed")
+    __slots__ = ("_next", "_suppressed", "interval")
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval

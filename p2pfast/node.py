@@ -33,7 +33,8 @@ import secrets
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 from ._speedups import codec, receive
 from .addr import format_addr, parse_addr
@@ -68,15 +69,14 @@ from .peerlist import (
     discovery_slice,
     node_list_datagrams,
 )
+from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .reliability import (
-    MAX_ACK_RANGE_LEN,
     MAX_ACK_RANGES,
     MAX_RETRANSMIT_REQUEST,
     ResendAllowance,
     ack_ranges,
     parse_ack_ranges,
 )
-from .protocol import MAX_DATAGRAM_SIZE, MessageType
 from .routing import RouteIdCache, RoutingTable
 from .stats import Counters, PeerStats, ServerStats, format_stats_line, snapshot
 
@@ -153,7 +153,9 @@ _ROUTED_KEYS = receive.ROUTED_KEYS
 def _is_echo(payload: Any) -> bool:
     """Whether a Data payload is an echo (``{"echo": ..., "timestamp": ...}``): it is never
     echoed again, so two echoing nodes cannot bounce a message between them."""
-    return type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
+    return (
+        type(payload) is dict and len(payload) == 2 and "echo" in payload and "timestamp" in payload
+    )
 
 
 class Node:
@@ -296,7 +298,9 @@ class Node:
 
     @app_attached.setter
     def app_attached(self, value: bool) -> None:
-        self._receiver.deliver = DELIVER_APP if value else DELIVER_ENGINE if self.config.echo else DELIVER_COUNT
+        self._receiver.deliver = (
+            DELIVER_APP if value else DELIVER_ENGINE if self.config.echo else DELIVER_COUNT
+        )
 
     @property
     def app_queue_limit(self) -> int:
@@ -448,7 +452,12 @@ class Node:
             self._on_handshake_request(None, msg, now, addr=addr, budget=budget)
             return
         pending = self._pending_connects.get(addr)
-        if pending is not None and mtype in (T_HANDSHAKE_RESPONSE, T_ERROR, T_ACK, T_DISCOVERY_RESPONSE):
+        if pending is not None and mtype in (
+            T_HANDSHAKE_RESPONSE,
+            T_ERROR,
+            T_ACK,
+            T_DISCOVERY_RESPONSE,
+        ):
             if mtype == T_HANDSHAKE_RESPONSE:
                 self._on_handshake_response(None, msg, now, addr=addr)
             elif mtype == T_ERROR:
@@ -479,7 +488,9 @@ class Node:
             )
         self._send_within_budget(replies, addr, budget)
 
-    def _send_within_budget(self, replies: list[tuple[bytes, int]], addr: tuple, budget: int) -> None:
+    def _send_within_budget(
+        self, replies: list[tuple[bytes, int]], addr: tuple, budget: int
+    ) -> None:
         """Queue ``replies`` in order while their total stays within ``budget`` bytes."""
         for data, mtype in replies:
             budget -= len(data)
@@ -539,7 +550,10 @@ class Node:
             response["token"] = new_peer.token
         our_base = new_peer.first_seq - 1 if new_peer.p2pfast else None
         replies.append(
-            (encode(T_HANDSHAKE_RESPONSE, response, ts, sequence_number=our_base), T_HANDSHAKE_RESPONSE)
+            (
+                encode(T_HANDSHAKE_RESPONSE, response, ts, sequence_number=our_base),
+                T_HANDSHAKE_RESPONSE,
+            )
         )
         if peer is None:  # a new session starts with the budget this request earned
             assert budget is not None
@@ -624,7 +638,13 @@ class Node:
         return peer
 
     def _remove_peer(
-        self, peer: Peer, reason: str, now: float, *, notify: bool = True, failure: str = "peer_gone"
+        self,
+        peer: Peer,
+        reason: str,
+        now: float,
+        *,
+        notify: bool = True,
+        failure: str = "peer_gone",
     ) -> None:
         if self.peers_by_addr.get(peer.addr) is peer:
             del self.peers_by_addr[peer.addr]
@@ -724,7 +744,9 @@ class Node:
         one that opened a sequence gap."""
         ts = int(now + self.wall_offset)
         answering = msg.id if peer.p2pfast else None
-        self._queue(encode_raw(T_PONG, b"null", ts, None, None, None, False, answering), peer, T_PONG)
+        self._queue(
+            encode_raw(T_PONG, b"null", ts, None, None, None, False, answering), peer, T_PONG
+        )
         payload = msg.payload
         if type(payload) is dict and peer.echo_token:
             token = payload.get("token")
@@ -949,7 +971,11 @@ class Node:
             return None
         except SendError as exc:
             self._refuse(
-                peer, f"cannot forward: {exc.detail or exc.reason}", exc.reason, now, answering=msg.id
+                peer,
+                f"cannot forward: {exc.detail or exc.reason}",
+                exc.reason,
+                now,
+                answering=msg.id,
             )
             return True
         self.route_ids.seen(route_id, now)
@@ -1002,7 +1028,9 @@ class Node:
         goodbye, or that we left, is not dialled again at once)."""
         cooldown = self._cooldown
         if len(cooldown) >= MAX_COOLDOWNS:
-            for stale in [a for a, until in cooldown.items() if until <= now] or [next(iter(cooldown))]:
+            for stale in [a for a, until in cooldown.items() if until <= now] or [
+                next(iter(cooldown))
+            ]:
                 del cooldown[stale]
         cooldown[addr] = now + self.config.reconnect_cooldown
 
@@ -1030,7 +1058,11 @@ class Node:
             self._hop_completed(ack_for)
         lost = win.lost(now)
         if lost:
-            log.debug("retransmitting %d message(s) to peer %s: later ones were acked", len(lost), peer.node_id)
+            log.debug(
+                "retransmitting %d message(s) to peer %s: later ones were acked",
+                len(lost),
+                peer.node_id,
+            )
         for _seq, data in lost:  # later messages got through: these did not
             self.counters.retransmits += 1
             self._queue(data, peer, T_DATA)
@@ -1068,7 +1100,11 @@ class Node:
         if isinstance(event, SendFailed):
             self.counters.send_failures += 1
         self._events.append(event)
-        if hop is not None and self.peers_by_id.get(hop.node_id) is hop and hop.window.holds(event.handle):
+        if (
+            hop is not None
+            and self.peers_by_id.get(hop.node_id) is hop
+            and hop.window.holds(event.handle)
+        ):
             self.deliveries.quiet.add(event.handle)
         self._reopen_destinations()
 
@@ -1208,9 +1244,7 @@ class Node:
             pending.deadline = max(pending.deadline, deadline)
             return
         if len(self._pending_connects) >= MAX_PENDING_CONNECTS:
-            self._events.append(
-                ConnectFailed(addr, "too many handshakes in progress", "busy")
-            )
+            self._events.append(ConnectFailed(addr, "too many handshakes in progress", "busy"))
             return
         if (":" in str(addr[0])) != (":" in str(self.local_addr[0])):
             self._events.append(
@@ -1269,9 +1303,7 @@ class Node:
         pending.discovered = True
         return True
 
-    def send_data(
-        self, node_id: str, payload: Any, now: float, *, reliable: bool = True
-    ) -> str:
+    def send_data(self, node_id: str, payload: Any, now: float, *, reliable: bool = True) -> str:
         """Queue application data for ``node_id``; return a handle (the message id).
 
         Direct peers get a Data message; others a routed Data via the learned next hop. With
@@ -1423,9 +1455,7 @@ class Node:
         if len(pings) >= MAX_OUTSTANDING:
             del pings[next(iter(pings))]  # the oldest is forgotten: it will not be matched
         pings[ping_id] = now
-        self._queue(
-            encode_raw(T_PING, b"null", int(now + self.wall_offset), ping_id), peer, T_PING
-        )
+        self._queue(encode_raw(T_PING, b"null", int(now + self.wall_offset), ping_id), peer, T_PING)
         return ping_id
 
     def request_peers(self, node_id: str, now: float, *, full_info: bool = False) -> str:
@@ -1524,7 +1554,9 @@ class Node:
             if resend:
                 log.debug(
                     "retransmitting %d message(s) to peer %s on timeout (rto %.3f s)",
-                    len(resend), peer.node_id, win.rto,
+                    len(resend),
+                    peer.node_id,
+                    win.rto,
                 )
             for _seq, data in resend:
                 counters.retransmits += 1
@@ -1569,7 +1601,7 @@ class Node:
             log.debug("asking peer %s to retransmit %d message(s)", peer.node_id, len(missing))
             self._queue(encode(T_RETRANSMIT, {"sequence_numbers": missing}, ts), peer, T_RETRANSMIT)
             peer.gap_requests += 1
-            wait = max(self.config.gap_delay, peer.window.rto) * 2.0 ** peer.gap_requests
+            wait = max(self.config.gap_delay, peer.window.rto) * 2.0**peer.gap_requests
             peer.gap_at = now + min(wait, GAP_RETRY_MAX)
             earliest = min(earliest, peer.gap_at)
         self._gap_at = earliest
@@ -1611,7 +1643,9 @@ class Node:
         for peer in list(self.peers_by_id.values()):
             if peer.last_seen < dead_since:
                 self.counters.evictions += 1
-                log.debug("peer %s silent since %.1f s: evicted", peer.node_id, now - peer.last_seen)
+                log.debug(
+                    "peer %s silent since %.1f s: evicted", peer.node_id, now - peer.last_seen
+                )
                 self._remove_peer(peer, "timeout", now)
             elif peer.token and peer.p2pfast:
                 # A p2pfast peer whose token Ack was lost: ask again (it echoes the token).

@@ -38,23 +38,23 @@ class Peer(receive.Session):
     live in the compiled ``Session`` base class."""
 
     __slots__ = (
-        "addr_str",
-        "node_info",
-        "window",
-        "first_seq",
-        "next_seq",
         "ack_floor",
-        "hello_id",
+        "addr_str",
         "dial_allowance",
-        "peerinfo_prefix",
-        "nodeinfo_json",
-        "window_blocked",
-        "pings",
-        "list_requests",
-        "token",
         "echo_token",
-        "resend_allowance",
+        "first_seq",
         "gap_requests",
+        "hello_id",
+        "list_requests",
+        "next_seq",
+        "node_info",
+        "nodeinfo_json",
+        "peerinfo_prefix",
+        "pings",
+        "resend_allowance",
+        "token",
+        "window",
+        "window_blocked",
     )
 
     def __init__(
@@ -116,9 +116,10 @@ class Peer(receive.Session):
         self.pending_acks: list[int] = []
         self.pending_ack_id = ""
         # Pre-serialized list entries (keys sorted, as the Rust server emits them).
-        self.peerinfo_prefix = (
-            b'{"addr":"%s","capabilities":%s,"id":"%s","last_seen":'
-            % (self.addr_str.encode(), dump_payload(caps), self.node_id.encode())
+        self.peerinfo_prefix = b'{"addr":"%s","capabilities":%s,"id":"%s","last_seen":' % (
+            self.addr_str.encode(),
+            dump_payload(caps),
+            self.node_id.encode(),
         )
         shown = dict(node_info)
         shown["listen_addr"] = self.addr_str

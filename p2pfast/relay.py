@@ -25,7 +25,9 @@ class LossyRelay(asyncio.DatagramProtocol):
 
     hold = 0.005
 
-    def __init__(self, target: tuple, *, loss: float, duplicate: float, reorder: float, seed: int) -> None:
+    def __init__(
+        self, target: tuple, *, loss: float, duplicate: float, reorder: float, seed: int
+    ) -> None:
         self.target = target
         self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
         self.rng = random.Random(seed)
@@ -44,7 +46,9 @@ class LossyRelay(asyncio.DatagramProtocol):
                 if relay.client is not None:
                     relay._forward(relay.front, data, relay.client)  # type: ignore[arg-type]
 
-        self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.front, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
         self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
         for transport in (self.front, self.back):
             sock = transport.get_extra_info("socket")

@@ -78,7 +78,7 @@ class ResendAllowance:
     """Bytes a peer's Retransmit requests may still make us resend: a token bucket of
     ``RESEND_BURST`` bytes refilled at ``RESEND_RATE`` bytes per second."""
 
-    __slots__ = ("tokens", "at")
+    __slots__ = ("at", "tokens")
 
     def __init__(self, now: float) -> None:
         self.tokens = float(RESEND_BURST)

@@ -18,7 +18,7 @@ class RoutingTable:
     most ``max_per_hop`` routes, so no single peer can fill the table.
     """
 
-    __slots__ = ("max_routes", "max_per_hop", "_routes", "_by_hop", "_p2pfast")
+    __slots__ = ("_by_hop", "_p2pfast", "_routes", "max_per_hop", "max_routes")
 
     def __init__(self, max_routes: int = 65_536, max_per_hop: int = 4096) -> None:
         self.max_routes = max_routes
@@ -107,7 +107,7 @@ class RouteIdCache:
     evicted when ``capacity`` is reached, so memory is fixed whatever the input rate.
     """
 
-    __slots__ = ("capacity", "ttl", "_seen")
+    __slots__ = ("_seen", "capacity", "ttl")
 
     def __init__(self, capacity: int = 65_536, ttl: float = 300.0) -> None:
         self.capacity = capacity

@@ -375,9 +375,7 @@ class P2PServer:
             node = Node(node_config, now=self._now(), local_addr=(bound[0], bound[1]))
             node.app_queue_limit = self._max_queued
             inbox = self._inbox
-            if self._on_data is not None or (
-                inbox is None and self._queue_data and not self._echo
-            ):
+            if self._on_data is not None or (inbox is None and self._queue_data and not self._echo):
                 # Data is queued from the start (for the handlers, or for messages() whenever
                 # it is called): never acknowledged and then discarded.
                 inbox = _Inbox()
@@ -1022,7 +1020,9 @@ def _connect_error(event: ConnectFailed, wait: float) -> BaseException:
         return ServerClosed(f"server stopped while connecting to {where}")
     if code in ("busy", "family"):
         return ConnectError(
-            f"cannot connect to {where}: {event.reason}", code=code, address=address,
+            f"cannot connect to {where}: {event.reason}",
+            code=code,
+            address=address,
             reason=event.reason,
         )
     code = code if code in _REFUSALS else "refused"
@@ -1100,4 +1100,3 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:  # pragma: no co
         task.cancel()
     if tasks:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-

@@ -69,9 +69,9 @@ def snapshot(counters: Any, **context: Any) -> ServerStats:
 def format_stats_line(stats: ServerStats) -> str:
     """The periodic log line, in words a reader understands without the source::
 
-        stats: 3/100 peers, datagrams 1200 in / 1180 out, messages acked by us 500 / by peers
-        498, retransmitted 2, duplicates dropped 0, delivered 10, forwarded 4, send failures 0,
-        evicted 0, rejected 3 (not_json 2, handshake_required 1)
+    stats: 3/100 peers, datagrams 1200 in / 1180 out, messages acked by us 500 / by peers
+    498, retransmitted 2, duplicates dropped 0, delivered 10, forwarded 4, send failures 0,
+    evicted 0, rejected 3 (not_json 2, handshake_required 1)
     """
     peers = stats.peer_stats
     rejected = sum(stats.rejected.values())

@@ -24,7 +24,8 @@ def captured(message_type: str, direction: str = "to_server", index: int = 0) ->
     found = [
         r["datagram"].encode()
         for r in wire_examples()
-        if r["direction"] == direction and f'"message_type":"{message_type}"' in r["datagram"].replace(" ", "")
+        if r["direction"] == direction
+        and f'"message_type":"{message_type}"' in r["datagram"].replace(" ", "")
     ]
     return found[index]
 
@@ -55,7 +56,9 @@ def envelope(
     )
 
 
-def node_info(name: str, *, node_id: str | None = None, network_id: str = "test", port: int = 0, caps=None) -> dict:
+def node_info(
+    name: str, *, node_id: str | None = None, network_id: str = "test", port: int = 0, caps=None
+) -> dict:
     return {
         "capabilities": caps if caps is not None else ["handshake", "discovery", "data_transfer"],
         "id": node_id or str(uuid.uuid4()),
@@ -82,7 +85,17 @@ def handshake(name: str, **kw: Any) -> tuple[bytes, dict, str]:
     return data, info, rid
 
 
-def routed(source: str, destination: str, text: str, *, route_id: str | None = None, hop_count: int = 0, max_hops: int = 8, requires_ack: bool = False, seq: int | None = None) -> bytes:
+def routed(
+    source: str,
+    destination: str,
+    text: str,
+    *,
+    route_id: str | None = None,
+    hop_count: int = 0,
+    max_hops: int = 8,
+    requires_ack: bool = False,
+    seq: int | None = None,
+) -> bytes:
     inner = {
         "ack_for": None,
         "id": str(uuid.uuid4()),

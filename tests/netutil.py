@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import re
 import signal
 import socket
@@ -14,13 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import orjson
 
 from p2pfast._speedups import codec
-from p2pfast.relay import LossyRelay  # noqa: F401  (re-exported for the tests)
 from p2pfast.protocol import MessageType as T
+from p2pfast.relay import LossyRelay  # noqa: F401  (re-exported for the tests)
+
 
 def on_uvloop(fn):
     """Run an async test on a fresh uvloop loop (as p2pfast-server does), bounded to 60 s."""
@@ -40,7 +40,15 @@ class ServerProcess:
     """``python -m p2pfast.cli`` on an ephemeral loopback port, stopped on exit."""
 
     def __init__(self, *args: str, env: dict | None = None, timeout: float = 20.0) -> None:
-        cmd = [sys.executable, "-m", "p2pfast.cli", "-a", "127.0.0.1:0", "--disable-discovery", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "p2pfast.cli",
+            "-a",
+            "127.0.0.1:0",
+            "--disable-discovery",
+            *args,
+        ]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -75,7 +83,7 @@ class ServerProcess:
             if stream:
                 stream.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,7 +139,7 @@ class SeedClient:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 return
             yield codec.decode(data)
 
@@ -144,7 +152,9 @@ class SeedClient:
             if msg.type == mtype:
                 return msg
             self.backlog.append(msg)
-        raise TimeoutError(f"no {T(mtype).name} within {timeout or self.timeout}s; got {[T(m.type).name for m in self.backlog]}")
+        raise TimeoutError(
+            f"no {T(mtype).name} within {timeout or self.timeout}s; got {[T(m.type).name for m in self.backlog]}"
+        )
 
     def drain(self, seconds: float = 0.2) -> list:
         out = list(self.backlog)

@@ -19,9 +19,10 @@ async def test_a_full_queue_withholds_acks_instead_of_dropping_acknowledged_data
     """max_queued_messages=5 and a consumer that reads late: the sender's sends wait (the
     receiver does not ack what its application has no room for), nothing is lost."""
     fast = dict(rto_initial=0.1, rto_min=0.05, rto_max=0.5, max_retries=100)
-    async with P2PServer(config(**fast), max_queued_messages=5) as server, P2PServer(
-        config(**fast)
-    ) as client:
+    async with (
+        P2PServer(config(**fast), max_queued_messages=5) as server,
+        P2PServer(config(**fast)) as client,
+    ):
         inbox = server.messages()
         await client.connect_to_peer(server.local_address)
         sends = [asyncio.ensure_future(client.send(server.node_id, n)) for n in range(20)]
@@ -270,8 +271,10 @@ async def test_data_that_arrives_before_messages_is_called_is_not_lost():
 async def test_a_node_without_an_application_counts_and_drops_until_messages_is_called():
     """queue_data=False (p2pfast-server --no-echo): no queue grows and the sender is never
     held back; delivery starts with messages()."""
-    async with P2PServer(config(), queue_data=False, max_queued_messages=5) as server, \
-            P2PServer(config()) as client:
+    async with (
+        P2PServer(config(), queue_data=False, max_queued_messages=5) as server,
+        P2PServer(config()) as client,
+    ):
         await client.connect_to_peer(server.local_address)
         await asyncio.wait_for(
             asyncio.gather(*(client.send(server.node_id, n) for n in range(20))), 10

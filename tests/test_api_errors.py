@@ -67,15 +67,21 @@ async def test_network_mismatch_is_refused_in_english_with_a_code_and_the_peer_w
 
 @on_uvloop
 async def test_server_full_and_node_id_taken_are_refusals_with_their_code():
-    async with P2PServer(config(max_connections=1)) as server, P2PServer(config()) as first, \
-            P2PServer(config()) as second:
+    async with (
+        P2PServer(config(max_connections=1)) as server,
+        P2PServer(config()) as first,
+        P2PServer(config()) as second,
+    ):
         await first.connect_to_peer(server.local_address)
         with pytest.raises(ConnectRefused) as info:
             await second.connect_to_peer(server.local_address)
         assert info.value.code == "server_full" and str(info.value).isascii()
     fixed = "0b9c2d44-87cb-44de-a11e-b0d648397b65"
-    async with P2PServer(config()) as server, P2PServer(config(node_id=fixed)) as first, \
-            P2PServer(config(node_id=fixed)) as twin:
+    async with (
+        P2PServer(config()) as server,
+        P2PServer(config(node_id=fixed)) as first,
+        P2PServer(config(node_id=fixed)) as twin,
+    ):
         await first.connect_to_peer(server.local_address)
         with pytest.raises(ConnectRefused) as info:
             await twin.connect_to_peer(server.local_address)
@@ -169,8 +175,16 @@ def test_an_ipv6_address_without_brackets_gets_the_hint():
 @on_uvloop
 async def test_tuple_addresses_are_validated_at_once():
     async with P2PServer(config()) as server:
-        for bad in (("127.0.0.1", "p"), ("127.0.0.1",), ("", 5), ("127.0.0.1", 70000),
-                    ("127.0.0.1", True), 12, "127.0.0.1", "127.0.0.1:"):
+        for bad in (
+            ("127.0.0.1", "p"),
+            ("127.0.0.1",),
+            ("", 5),
+            ("127.0.0.1", 70000),
+            ("127.0.0.1", True),
+            12,
+            "127.0.0.1",
+            "127.0.0.1:",
+        ):
             with pytest.raises(AddressError):
                 await asyncio.wait_for(server.connect_to_peer(bad, timeout=5), 1)  # type: ignore[arg-type]
         assert not server.node._pending_connects and not server._connects
@@ -253,8 +267,11 @@ async def test_send_error_text_does_not_repeat_its_reason():
 
 @on_uvloop
 async def test_peers_list_peers_and_stats_are_documented_dataclasses():
-    async with P2PServer(config()) as hub, P2PServer(config(node_name="alice")) as alice, \
-            P2PServer(config(node_name="bob")) as bob:
+    async with (
+        P2PServer(config()) as hub,
+        P2PServer(config(node_name="alice")) as alice,
+        P2PServer(config(node_name="bob")) as bob,
+    ):
         await alice.connect_to_peer(hub.local_address)
         await bob.connect_to_peer(hub.local_address)
         peers = hub.peers
@@ -304,8 +321,10 @@ async def test_events_and_on_event_see_the_peer_lifecycle_in_order():
 
 @on_uvloop
 async def test_a_failed_send_is_an_event_too():
-    async with P2PServer(config(max_retries=1, rto_initial=0.05, rto_min=0.05)) as server, \
-            P2PServer(config()) as peer:
+    async with (
+        P2PServer(config(max_retries=1, rto_initial=0.05, rto_min=0.05)) as server,
+        P2PServer(config()) as peer,
+    ):
         relay = Relay(peer.local_address)
         await relay.start()
         try:
@@ -335,15 +354,32 @@ def test_every_exception_is_importable_from_the_package():
         assert getattr(p2pfast, name) is getattr(errors, name)
         assert name in p2pfast.__all__
     assert FromServer is p2pfast.BindError
-    for name in ("P2PServer", "Config", "NodeInfo", "PeerInfo", "PeerConnected",
-                 "PeerDisconnected", "ConnectFailed", "SendFailed", "DataReceived"):
+    for name in (
+        "P2PServer",
+        "Config",
+        "NodeInfo",
+        "PeerInfo",
+        "PeerConnected",
+        "PeerDisconnected",
+        "ConnectFailed",
+        "SendFailed",
+        "DataReceived",
+    ):
         assert name in p2pfast.__all__
 
 
 def test_help_shows_the_server_the_config_and_the_events():
     text = pydoc.plain(pydoc.render_doc(p2pfast))
-    for name in ("P2PServer", "Config", "PeerConnected", "PeerDisconnected", "ConnectFailed",
-                 "DataReceived", "ServerClosed", "BindError"):
+    for name in (
+        "P2PServer",
+        "Config",
+        "PeerConnected",
+        "PeerDisconnected",
+        "ConnectFailed",
+        "DataReceived",
+        "ServerClosed",
+        "BindError",
+    ):
         assert f"class {name}(" in text, name
 
 

@@ -282,9 +282,10 @@ def test_a_server_whose_loop_closed_raises_at_once_and_stops_quietly(recwarn):
 @on_uvloop
 async def test_every_timeout_is_the_builtin_timeout_error_naming_what_and_how_long():
     sink = _silent_udp()
-    async with P2PServer(config(rto_initial=5.0, send_window=1)) as server, P2PServer(
-        config()
-    ) as peer:
+    async with (
+        P2PServer(config(rto_initial=5.0, send_window=1)) as server,
+        P2PServer(config()) as peer,
+    ):
         relay = Relay(peer.local_address)
         await relay.start()
         try:
@@ -347,7 +348,9 @@ async def test_ctrl_c_under_run_stops_the_server_and_tells_peers(python_exe):
     import subprocess
 
     proc = subprocess.Popen(
-        [python_exe, "-c", _CTRL_C_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [python_exe, "-c", _CTRL_C_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:

@@ -51,8 +51,12 @@ async def test_overlapping_pings_each_get_the_rtt_of_their_own_pong():
 @on_uvloop
 async def test_list_peers_returns_the_answer_to_its_request_not_a_broadcast():
     fast = dict(peerlist_broadcast_debounce_ms=10)
-    async with P2PServer(config(**fast)) as hub, P2PServer(config()) as alice, \
-            P2PServer(config()) as carol, P2PServer(config()) as bob:
+    async with (
+        P2PServer(config(**fast)) as hub,
+        P2PServer(config()) as alice,
+        P2PServer(config()) as carol,
+        P2PServer(config()) as bob,
+    ):
         delay_next = False
 
         def rule(direction: str, kind: str) -> object:

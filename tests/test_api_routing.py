@@ -19,8 +19,11 @@ async def test_more_routed_sends_than_the_window_holds_all_complete():
     """400 concurrent routed sends through a hub with a window of 64: send() waits on the
     window of the next hop (the hub), not on the destination's, and every one completes."""
     got: list = []
-    async with P2PServer(config()) as hub, P2PServer(config(send_window=64)) as alice, \
-            P2PServer(config(), on_data=got.append) as bob:
+    async with (
+        P2PServer(config()) as hub,
+        P2PServer(config(send_window=64)) as alice,
+        P2PServer(config(), on_data=got.append) as bob,
+    ):
         await alice.connect_to_peer(hub.local_address)
         await bob.connect_to_peer(hub.local_address)
         await until(lambda: alice.node.routes.next_hop(bob.node_id) == hub.node_id)
@@ -80,7 +83,8 @@ async def test_a_timed_out_connect_does_not_go_on_in_the_background():
                 except asyncio.TimeoutError:
                     break
             assert [(type(e).__name__, e.code) for e in at_timeout] in (
-                [], [("ConnectFailed", "timeout")]  # the engine's own deadline, same moment
+                [],
+                [("ConnectFailed", "timeout")],  # the engine's own deadline, same moment
             )
             relay.rule = lambda direction, kind: None  # the path heals
             await asyncio.sleep(2.5)

@@ -57,8 +57,21 @@ async def test_a_random_walk_over_the_api_never_hangs_or_leaks(seed, caplog):
 
         for _ in range(150):
             op = rng.choice(
-                ["send", "send_unreliable", "ping", "list", "connect", "disconnect", "stop",
-                 "start", "cancel", "read", "peer_sends", "sleep", "request"]
+                [
+                    "send",
+                    "send_unreliable",
+                    "ping",
+                    "list",
+                    "connect",
+                    "disconnect",
+                    "stop",
+                    "start",
+                    "cancel",
+                    "read",
+                    "peer_sends",
+                    "sleep",
+                    "request",
+                ]
             )
             if op == "send":
                 spawn(server.send(peer.node_id, {"op": op}, timeout=rng.choice([None, 0.5])))

@@ -116,7 +116,7 @@ def test_constants(codec):
     assert codec.STUN_MAGIC == b"\x21\x12\xa4\x42"
     assert codec.MAX_U32 == 2**32 - 1
     assert codec.MAX_U64 == 2**64 - 1
-    assert codec.TYPE_NAMES == tuple(t.name for t in MessageType)
+    assert tuple(t.name for t in MessageType) == codec.TYPE_NAMES
     assert type(codec.TYPE_NAMES) is tuple and len(codec.TYPE_NAMES) == 17
 
 

@@ -11,7 +11,7 @@ import pytest
 from p2pfast import Config, P2PServer, SendError
 from p2pfast._speedups import codec
 from p2pfast.errors import WindowFull
-from p2pfast.events import DataReceived, PeerConnected, SendCompleted, SendFailed, WindowOpened
+from p2pfast.events import DataReceived, SendCompleted, SendFailed, WindowOpened
 from p2pfast.node import Node
 from p2pfast.protocol import MessageType as T
 
@@ -45,12 +45,16 @@ def test_a_routed_send_completes_only_when_the_destination_confirms():
     net, hub, alice, bob = triangle()
     # the destination's confirmation is lost: the hop's Ack alone must not complete the send
     net.drop_rules.append(
-        lambda data, src, dst: src == bob.local_addr and b'"message_type":"Ack","payload":null' in data
+        lambda data, src, dst: (
+            src == bob.local_addr and b'"message_type":"Ack","payload":null' in data
+        )
     )
     handle = alice.send_data(bob.node_id, {"n": 1}, net.now)
     net.flush()
     net.run(1.0)
-    assert [e.payload for e in net.events[bob.local_addr] if isinstance(e, DataReceived)] == [{"n": 1}]
+    assert [e.payload for e in net.events[bob.local_addr] if isinstance(e, DataReceived)] == [
+        {"n": 1}
+    ]
     assert outcome(net, alice, handle) is None  # delivered, but alice has no word of it yet
     assert handle in alice.deliveries
     net.drop_rules.clear()
@@ -59,7 +63,9 @@ def test_a_routed_send_completes_only_when_the_destination_confirms():
     assert net.run(2.0, lambda: outcome(net, alice, handle2) is not None)
     assert isinstance(outcome(net, alice, handle2), SendCompleted)
     # the confirmation's own hop events never reach the application
-    handles = {e.handle for e in net.events[bob.local_addr] if isinstance(e, (SendCompleted, SendFailed))}
+    handles = {
+        e.handle for e in net.events[bob.local_addr] if isinstance(e, (SendCompleted, SendFailed))
+    }
     assert handles == set()
 
 
@@ -98,7 +104,10 @@ def test_the_end_to_end_window_holds_the_sender():
     assert info.value.node_id == bob.node_id  # wait for this node's WindowOpened
     net.flush()
     assert net.run(2.0, lambda: all(outcome(net, alice, h) for h in handles))
-    assert any(isinstance(e, WindowOpened) and e.node_id == bob.node_id for e in net.events[alice.local_addr])
+    assert any(
+        isinstance(e, WindowOpened) and e.node_id == bob.node_id
+        for e in net.events[alice.local_addr]
+    )
     alice.send_data(bob.node_id, {"n": 8}, net.now)
 
 
@@ -122,7 +131,11 @@ def test_a_seed_destination_completes_at_the_first_hop():
 
 def test_discovery_does_not_redial_a_peer_that_left_at_once():
     net = VirtualNet(6, delay=0.005)
-    hub = net.add(make_node(9000, enable_discovery=True, discovery_port_range=(9001, 9001), reconnect_cooldown=30.0))
+    hub = net.add(
+        make_node(
+            9000, enable_discovery=True, discovery_port_range=(9001, 9001), reconnect_cooldown=30.0
+        )
+    )
     peer = net.add(make_node(9001))
     net.connect(hub, peer)
     hub.disconnect(peer.node_id, net.now)
@@ -141,8 +154,11 @@ def test_a_forged_confirmation_from_another_node_completes_nothing():
     net.flush()
     net.run(0.2)
     forged = {
-        "destination_node": alice.node_id, "source_node": hub.node_id, "route_id": codec.new_id(),
-        "hop_count": 0, "max_hops": 8,
+        "destination_node": alice.node_id,
+        "source_node": hub.node_id,
+        "route_id": codec.new_id(),
+        "hop_count": 0,
+        "max_hops": 8,
         "original_message": {"message_type": "Ack", "ack_for": handle, "id": codec.new_id()},
     }
     net.inject(envelope("Data", forged), hub.local_addr, alice.local_addr)
@@ -216,11 +232,17 @@ def test_a_routed_send_has_exactly_one_outcome_whatever_order_they_come_in():
     handle = alice.send_data(bob.node_id, {"n": 1}, net.now)
     net.flush()
     net.run(5.0)
-    outcomes = [e for e in net.events[alice.local_addr] if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle]
+    outcomes = [
+        e
+        for e in net.events[alice.local_addr]
+        if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle
+    ]
     assert hop_acks and [type(e) for e in outcomes] == [SendCompleted]
     assert not alice.deliveries.quiet and not len(alice.peers_by_id[hub.node_id].window)
     # a refusal that settles a send the hop has not acknowledged yet
-    net.drop_rules = [lambda data, src, dst: src == hub.local_addr and codec.decode(data).type == T.Ack]
+    net.drop_rules = [
+        lambda data, src, dst: src == hub.local_addr and codec.decode(data).type == T.Ack
+    ]
     bob_id = bob.node_id
     bob.close(net.now)
     net.flush()
@@ -231,6 +253,10 @@ def test_a_routed_send_has_exactly_one_outcome_whatever_order_they_come_in():
     net.run(0.5)
     net.drop_rules.clear()
     net.run(5.0)
-    outcomes = [e for e in net.events[alice.local_addr] if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle]
+    outcomes = [
+        e
+        for e in net.events[alice.local_addr]
+        if isinstance(e, (SendCompleted, SendFailed)) and e.handle == handle
+    ]
     assert [(type(e), e.reason) for e in outcomes] == [(SendFailed, "no_route")]
     assert not alice.deliveries.quiet

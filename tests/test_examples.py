@@ -143,7 +143,7 @@ def test_seed_client_refused_says_why_in_one_line(hub: ServerProcess) -> None:
     result = run_example("seed_client.py", f"127.0.0.1:{hub.addr[1]}", "--network-id", "other")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "seed_client: 网络ID不匹配: 期望 test，收到 other"  # noqa: RUF001 (the Rust text)
+        "seed_client: 网络ID不匹配: 期望 test，收到 other"
     ]
 
 

@@ -15,16 +15,24 @@ from p2pfast._speedups import codec
 from p2pfast.errors import WindowFull
 from p2pfast.events import DataReceived, SendCompleted, SendFailed
 from p2pfast.node import Node
-from p2pfast.reliability import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE
 from p2pfast.peer import MAX_NODE_INFO_BYTES, validate_node_info
 from p2pfast.protocol import MAX_DATAGRAM_SIZE
 from p2pfast.protocol import MessageType as T
+from p2pfast.reliability import MAX_ACK_RANGE_LEN, MAX_ACK_RANGES, RESEND_BURST, RESEND_RATE
 
 from .helpers import envelope, handshake, node_info, routed
 from .vnet import VirtualNet, make_node
 
 
-def transfer(net: VirtualNet, client: Node, server: Node, total: int, *, payload=lambda n: {"n": n}, seconds: float = 600.0) -> float:
+def transfer(
+    net: VirtualNet,
+    client: Node,
+    server: Node,
+    total: int,
+    *,
+    payload=lambda n: {"n": n},
+    seconds: float = 600.0,
+) -> float:
     """Send ``total`` reliable messages as fast as the window allows; return the virtual
     seconds until every one completed (SendFailed fails the test)."""
     start, sent = net.now, 0
@@ -147,7 +155,9 @@ def test_too_old_is_not_acknowledged_end_to_end():
     net.inject(stale, client.local_addr, server.local_addr)
     net.run(0.5)
     assert server.counters.rejected.get("too_old") == 1
-    assert server.counters.acks_sent == 0 or not [e for e in net.events[client.local_addr] if isinstance(e, SendCompleted)]
+    assert server.counters.acks_sent == 0 or not [
+        e for e in net.events[client.local_addr] if isinstance(e, SendCompleted)
+    ]
 
 
 # -- 5. Retransmit is not an amplifier ----------------------------------------------------
@@ -195,7 +205,10 @@ def test_hostile_ack_ranges_cost_work_bounded_by_what_is_in_flight():
     for n in range(10):
         client.send_data(server.node_id, {"n": n}, net.now)
     net.flush()
-    ranges = [[k * 10_000_000, k * 10_000_000 + MAX_ACK_RANGE_LEN - 1] for k in range(1, MAX_ACK_RANGES + 1)]
+    ranges = [
+        [k * 10_000_000, k * 10_000_000 + MAX_ACK_RANGE_LEN - 1]
+        for k in range(1, MAX_ACK_RANGES + 1)
+    ]
     ack = codec.encode(T.Ack, {"seq": ranges}, 1, ack_for=str(uuid.uuid4()))
     assert len(ack) < 2000
     work = client.work
@@ -215,9 +228,12 @@ def test_a_payload_too_deep_to_echo_is_refused_not_raised():
     node.receive_datagram(data, ("127.0.0.1", 7000), 1000.0)
     node.peers_by_id[info["id"]].proven = True
     node.datagrams_to_send()
-    deep = b'{"id":"%s","message_type":"Data","timestamp":1,"payload":%s,"sender_addr":null,"sequence_number":2,"requires_ack":true,"ack_for":null}' % (
-        str(uuid.uuid4()).encode(),
-        b"[" * 300 + b"]" * 300,
+    deep = (
+        b'{"id":"%s","message_type":"Data","timestamp":1,"payload":%s,"sender_addr":null,"sequence_number":2,"requires_ack":true,"ack_for":null}'
+        % (
+            str(uuid.uuid4()).encode(),
+            b"[" * 300 + b"]" * 300,
+        )
     )
     node.receive_datagram(deep, ("127.0.0.1", 7000), 1000.0)
     out = [codec.decode(d) for d, _ in node.datagrams_to_send()]
@@ -239,7 +255,9 @@ def test_a_routed_message_that_outgrows_a_datagram_is_refused():
     # simple-form ids and a zero timestamp: re-encoded hyphenated with a real timestamp, longer
     datagram = routed(ids[0].replace("-", ""), ids[1].replace("-", ""), "")
     pad = MAX_DATAGRAM_SIZE - len(datagram) - 2
-    datagram = routed(ids[0].replace("-", ""), ids[1].replace("-", ""), "y" * pad).replace(b'"timestamp":1795634857', b'"timestamp":0', 1)
+    datagram = routed(ids[0].replace("-", ""), ids[1].replace("-", ""), "y" * pad).replace(
+        b'"timestamp":1795634857', b'"timestamp":0', 1
+    )
     assert len(datagram) <= MAX_DATAGRAM_SIZE
     node.receive_datagram(datagram, alice, 1000.0)
     out = node.datagrams_to_send()
@@ -264,7 +282,9 @@ def test_a_defect_in_a_handler_is_counted_and_the_node_keeps_serving(monkeypatch
     for i in range(50):
         node.receive_datagram(envelope("DiscoveryRequest"), alice, 1000.0 + i * 0.01)
     assert node.counters.rejected["internal_error"] == 50
-    assert len([r for r in caplog.records if "internal error" in r.getMessage()]) == 1  # rate-limited
+    assert (
+        len([r for r in caplog.records if "internal error" in r.getMessage()]) == 1
+    )  # rate-limited
     node.receive_datagram(envelope("Ping"), alice, 1001.0)
     assert [codec.decode(d).type for d, _ in node.datagrams_to_send()] == [T.Pong]
 
@@ -274,7 +294,9 @@ def test_a_defect_in_a_handler_is_counted_and_the_node_keeps_serving(monkeypatch
 
 def test_a_spoofed_handshake_gets_at_most_three_times_its_bytes_whatever_follows():
     net = VirtualNet(11, delay=0.002)
-    hub = net.add(make_node(9000, heartbeat_interval=1.0, connection_timeout=600.0, max_connections=500))
+    hub = net.add(
+        make_node(9000, heartbeat_interval=1.0, connection_timeout=600.0, max_connections=500)
+    )
     victim = ("127.0.0.9", 4444)  # no node there: whoever "sent" from it is a spoofer
     hello, _, _ = handshake("spoofed", caps=["handshake", "p2pfast"])
     net.inject(hello, victim, hub.local_addr)
@@ -290,7 +312,10 @@ def test_a_spoofed_handshake_gets_at_most_three_times_its_bytes_whatever_follows
         net.inject(envelope("ListNodesRequest"), victim, hub.local_addr)
         net.inject(envelope("DiscoveryRequest"), victim, hub.local_addr)
         net.run(0.2)
-    assert net.sent_to[victim] <= 3 * net.sent_by[victim], (net.sent_to[victim], net.sent_by[victim])
+    assert net.sent_to[victim] <= 3 * net.sent_by[victim], (
+        net.sent_to[victim],
+        net.sent_by[victim],
+    )
     assert hub.counters.rejected["amplification_limit"] > 0
     assert not hub.peers_by_addr[victim].proven
 
@@ -322,7 +347,12 @@ def test_a_p2pfast_node_proves_its_address_even_when_its_token_ack_is_lost():
 
     def lose_token(data: bytes, src: tuple, dst: tuple) -> bool:
         msg = codec.decode(data)
-        return msg.type == T.Ack and isinstance(msg.payload, dict) and "token" in msg.payload and net.now < 1001.5
+        return (
+            msg.type == T.Ack
+            and isinstance(msg.payload, dict)
+            and "token" in msg.payload
+            and net.now < 1001.5
+        )
 
     net.drop_rules.append(lose_token)
     client.connect(hub.local_addr, net.now)
@@ -368,7 +398,9 @@ def test_a_peer_teaching_many_routes_cannot_make_joins_scan_the_table():
     for i in range(50):  # joins and leaves
         data, info_i, _ = handshake(f"p{i}")
         node.receive_datagram(data, ("127.0.0.1", 8000 + i), 1001.0)
-        node.receive_datagram(envelope("Disconnect", {"reason": "bye"}), ("127.0.0.1", 8000 + i), 1001.0)
+        node.receive_datagram(
+            envelope("Disconnect", {"reason": "bye"}), ("127.0.0.1", 8000 + i), 1001.0
+        )
     node.handle_timer(1005.0)
     assert CountingDict.scans == 0
     node.receive_datagram(envelope("Disconnect", {"reason": "bye"}), teacher, 1006.0)
@@ -427,7 +459,12 @@ FAST_ADDR, SEED_ADDR = ("127.0.0.1", 9002), ("127.0.0.1", 9003)
 def _hostile_datagrams():
     uuids = st.builds(lambda: str(uuid.uuid4()))
     seqs = st.integers(0, 2**32 - 1) | st.integers(0, 40)
-    ranges = st.lists(st.lists(seqs, min_size=2, max_size=2) | st.just([1, 2**31]) | st.integers(-(2**63), 2**64 - 1), max_size=80)
+    ranges = st.lists(
+        st.lists(seqs, min_size=2, max_size=2)
+        | st.just([1, 2**31])
+        | st.integers(-(2**63), 2**64 - 1),
+        max_size=80,
+    )
     routed_payload = st.fixed_dictionaries(
         {
             "destination_node": uuids | st.just("nope") | st.sampled_from(["dest"]),
@@ -435,17 +472,43 @@ def _hostile_datagrams():
             "route_id": uuids | st.just("00000000-0000-4000-8000-000000000000"),
             "hop_count": st.integers(-2, 20) | st.just("x"),
             "max_hops": st.integers(-1, 20),
-            "original_message": st.fixed_dictionaries({"payload": st.text(max_size=50) | st.just("z" * 2000)}) | st.just(None),
+            "original_message": st.fixed_dictionaries(
+                {"payload": st.text(max_size=50) | st.just("z" * 2000)}
+            )
+            | st.just(None),
         }
     )
-    peer_entry = st.fixed_dictionaries({"id": uuids | st.just("bad"), "addr": st.sampled_from(["127.0.0.1:1", "nonsense", "[::1]:5"])})
+    peer_entry = st.fixed_dictionaries(
+        {
+            "id": uuids | st.just("bad"),
+            "addr": st.sampled_from(["127.0.0.1:1", "nonsense", "[::1]:5"]),
+        }
+    )
     payloads = st.one_of(
-        st.tuples(st.just("Ack"), st.fixed_dictionaries({"seq": ranges}) | st.fixed_dictionaries({"token": st.text(max_size=70)}) | st.none()),
-        st.tuples(st.just("Retransmit"), st.fixed_dictionaries({"sequence_numbers": st.lists(seqs | st.text(max_size=3), max_size=300)})),
-        st.tuples(st.just("Data"), routed_payload | st.text(max_size=100) | st.just({"cmd": "get_routes"})),
+        st.tuples(
+            st.just("Ack"),
+            st.fixed_dictionaries({"seq": ranges})
+            | st.fixed_dictionaries({"token": st.text(max_size=70)})
+            | st.none(),
+        ),
+        st.tuples(
+            st.just("Retransmit"),
+            st.fixed_dictionaries(
+                {"sequence_numbers": st.lists(seqs | st.text(max_size=3), max_size=300)}
+            ),
+        ),
+        st.tuples(
+            st.just("Data"), routed_payload | st.text(max_size=100) | st.just({"cmd": "get_routes"})
+        ),
         st.tuples(st.just("DiscoveryResponse"), st.lists(peer_entry, max_size=300)),
-        st.tuples(st.sampled_from(["ListNodesRequest", "DiscoveryRequest", "Ping", "Pong"]), st.none() | st.fixed_dictionaries({"token": st.text(max_size=5)})),
-        st.tuples(st.just("HandshakeRequest"), st.builds(lambda n: node_info(n, caps=["p2pfast"]), st.text(min_size=1, max_size=10))),
+        st.tuples(
+            st.sampled_from(["ListNodesRequest", "DiscoveryRequest", "Ping", "Pong"]),
+            st.none() | st.fixed_dictionaries({"token": st.text(max_size=5)}),
+        ),
+        st.tuples(
+            st.just("HandshakeRequest"),
+            st.builds(lambda n: node_info(n, caps=["p2pfast"]), st.text(min_size=1, max_size=10)),
+        ),
         st.tuples(st.just("P2PConnect"), st.fixed_dictionaries({"peer_id": uuids})),
         st.tuples(st.just("Disconnect"), st.none()),
     )
@@ -460,11 +523,22 @@ def _hostile_datagrams():
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(steps=st.lists(_hostile_datagrams(), min_size=1, max_size=60))
 def test_hostile_datagram_sequences_never_break_the_engine_rules(steps):
     net = VirtualNet(21, delay=0.001)
-    config = dict(max_connections=8, max_routes=300, max_routes_per_peer=100, route_cache_size=64, send_window=16, heartbeat_interval=5.0)
+    config = dict(
+        max_connections=8,
+        max_routes=300,
+        max_routes_per_peer=100,
+        route_cache_size=64,
+        send_window=16,
+        heartbeat_interval=5.0,
+    )
     node = net.add(make_node(9000, echo=True, **config))
     fast = net.add(make_node(9002))
     net.connect(fast, node)  # a proven p2pfast peer
@@ -489,13 +563,21 @@ def test_hostile_datagram_sequences_never_break_the_engine_rules(steps):
         if peer is not None and peer.proven:
             watched.discard(src)
         for addr in watched:
-            assert net.sent_to[addr] <= 3 * net.sent_by[addr], (addr, net.sent_to[addr], net.sent_by[addr])
+            assert net.sent_to[addr] <= 3 * net.sent_by[addr], (
+                addr,
+                net.sent_to[addr],
+                net.sent_by[addr],
+            )
         assert len(node.peers_by_id) <= config["max_connections"]
         assert len(node.routes) <= config["max_routes"]
-        assert all(node.routes.taught_by(p) <= config["max_routes_per_peer"] for p in node.peers_by_id)
+        assert all(
+            node.routes.taught_by(p) <= config["max_routes_per_peer"] for p in node.peers_by_id
+        )
         assert len(node.route_ids) <= config["route_cache_size"]
         assert all(len(p.window) <= config["send_window"] for p in node.peers_by_id.values())
-        assert all(len(p.pings) <= 16 and len(p.list_requests) <= 16 for p in node.peers_by_id.values())
+        assert all(
+            len(p.pings) <= 16 and len(p.list_requests) <= 16 for p in node.peers_by_id.values()
+        )
         assert "internal_error" not in node.counters.rejected
     net.run(60.0)  # and the timers afterwards
     assert "internal_error" not in node.counters.rejected

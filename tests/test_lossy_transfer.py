@@ -27,8 +27,13 @@ async def transfer(loss: float, duplicate: float, reorder: float, seed: int) -> 
     """Connect through a relay with these odds (both directions) and send TOTAL reliable
     messages; return what happened."""
     got: list[int] = []
-    async with P2PServer(config(), on_data=lambda m: got.append(m.payload["n"])) as server, P2PServer(config()) as client:
-        relay = LossyRelay(server.local_address, loss=loss, duplicate=duplicate, reorder=reorder, seed=seed)
+    async with (
+        P2PServer(config(), on_data=lambda m: got.append(m.payload["n"])) as server,
+        P2PServer(config()) as client,
+    ):
+        relay = LossyRelay(
+            server.local_address, loss=loss, duplicate=duplicate, reorder=reorder, seed=seed
+        )
         relay_addr = await relay.start()
         try:
             await client.connect_to_peer(relay_addr, timeout=15)

@@ -110,7 +110,10 @@ def test_network_mismatch_is_refused_with_the_rust_text():
     node.receive_datagram(data, ALICE, T0)
     msgs = decoded(node.datagrams_to_send())
     assert types(msgs) == ["Ack", "Error"]
-    assert msgs[1].payload == {"code": "network_mismatch", "error": "网络ID不匹配: 期望 test，收到 other"}
+    assert msgs[1].payload == {
+        "code": "network_mismatch",
+        "error": "网络ID不匹配: 期望 test，收到 other",
+    }
     assert not node.peers_by_id
     assert node.counters.rejected["network_mismatch"] == 1
 
@@ -172,7 +175,11 @@ def test_repeated_handshake_is_answered_again_and_keeps_the_session():
     node.datagrams_to_send()
     peer = node.peers_by_id[info["id"]]
     node.receive_datagram(data, ALICE, T0 + 1)
-    assert types(decoded(node.datagrams_to_send())) == ["Ack", "HandshakeResponse", "DiscoveryResponse"]
+    assert types(decoded(node.datagrams_to_send())) == [
+        "Ack",
+        "HandshakeResponse",
+        "DiscoveryResponse",
+    ]
     assert node.peers_by_id[info["id"]] is peer and len(node.peers_by_id) == 1
 
 
@@ -195,11 +202,16 @@ def test_handshake_with_our_own_node_id_is_refused():
 # -- before a handshake ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["DiscoveryRequest", "ListNodesRequest", "Data", "P2PConnect", "RelayRequest", "Retransmit"])
+@pytest.mark.parametrize(
+    "kind",
+    ["DiscoveryRequest", "ListNodesRequest", "Data", "P2PConnect", "RelayRequest", "Retransmit"],
+)
 def test_requests_before_handshake_get_a_small_error_not_service(kind):
     node = make_node()
     join(node, BOB, "bob")
-    request = envelope(kind, {"peer_id": str(uuid.uuid4())} if kind == "P2PConnect" else None, requires_ack=True)
+    request = envelope(
+        kind, {"peer_id": str(uuid.uuid4())} if kind == "P2PConnect" else None, requires_ack=True
+    )
     node.receive_datagram(request, ALICE, T0)
     msgs = decoded(node.datagrams_to_send(), ALICE)
     assert types(msgs) == ["Error"]
@@ -270,7 +282,12 @@ def test_unsolicited_handshake_response_authenticates_nobody():
     node = make_node()
     fake = envelope(
         "HandshakeResponse",
-        {"error_message": None, "node_info": node_info("evil"), "public_addr": None, "success": True},
+        {
+            "error_message": None,
+            "node_info": node_info("evil"),
+            "public_addr": None,
+            "success": True,
+        },
     )
     node.receive_datagram(fake, ALICE, T0)
     assert not node.peers_by_id
@@ -280,7 +297,10 @@ def test_unsolicited_handshake_response_authenticates_nobody():
 
 def test_discovery_response_from_unauthenticated_address_adds_no_route():
     node = make_node()
-    poison = envelope("DiscoveryResponse", [{"addr": "1.2.3.4:5", "capabilities": [], "id": str(uuid.uuid4()), "last_seen": 1}])
+    poison = envelope(
+        "DiscoveryResponse",
+        [{"addr": "1.2.3.4:5", "capabilities": [], "id": str(uuid.uuid4()), "last_seen": 1}],
+    )
     node.receive_datagram(poison, ALICE, T0)
     assert len(node.routes) == 0
 
@@ -384,7 +404,14 @@ def test_discovery_response_from_a_peer_teaches_routes():
     bob = join(node, BOB, "bob")
     far = str(uuid.uuid4())
     node.receive_datagram(
-        envelope("DiscoveryResponse", [{"addr": "127.0.0.9:1", "capabilities": [], "id": far, "last_seen": 1}, {"id": "junk"}, 7]),
+        envelope(
+            "DiscoveryResponse",
+            [
+                {"addr": "127.0.0.9:1", "capabilities": [], "id": far, "last_seen": 1},
+                {"id": "junk"},
+                7,
+            ],
+        ),
         BOB,
         T0,
     )
@@ -406,7 +433,10 @@ def test_plain_data_is_echoed_when_no_application_is_attached():
     join(node, ALICE, "alice")
     node.receive_datagram(envelope("Data", {"hello": "world"}), ALICE, T0)
     (msg,) = decoded(node.datagrams_to_send())
-    assert msg.type == T.Data and msg.payload == {"echo": {"hello": "world"}, "timestamp": 1795634857}
+    assert msg.type == T.Data and msg.payload == {
+        "echo": {"hello": "world"},
+        "timestamp": 1795634857,
+    }
 
 
 def test_plain_data_is_delivered_to_the_application_without_echo():
@@ -544,7 +574,9 @@ def pair(**overrides) -> tuple[Node, Node, str, str]:
     """Two p2pfast engines connected to each other (client → server handshake)."""
     server = make_node(**overrides)
     client = Node(
-        Config(listen_address="127.0.0.1:18081", network_id="test", enable_discovery=False, **overrides),
+        Config(
+            listen_address="127.0.0.1:18081", network_id="test", enable_discovery=False, **overrides
+        ),
         now=T0,
         wall_offset=WALL,
     )
@@ -684,7 +716,15 @@ def test_p2p_connect_tells_both_sides():
     node = make_node()
     alice = join(node, ALICE, "alice")
     bob = join(node, BOB, "bob")
-    request = envelope("P2PConnect", {"peer_id": bob, "nat_type": "FullCone", "predicted_ports": [5000, 5001], "public_addr": "1.2.3.4:5000"})
+    request = envelope(
+        "P2PConnect",
+        {
+            "peer_id": bob,
+            "nat_type": "FullCone",
+            "predicted_ports": [5000, 5001],
+            "public_addr": "1.2.3.4:5000",
+        },
+    )
     node.receive_datagram(request, ALICE, T0)
     out = node.datagrams_to_send()
     (to_alice,) = decoded(out, ALICE)
@@ -704,7 +744,10 @@ def test_p2p_connect_tells_both_sides():
     [
         ({}, "缺少或无效的 peer_id"),
         ({"peer_id": "SELF"}, "不能与自身建立直连"),
-        ({"peer_id": "2e046bf9-5075-490a-b7e0-6b199b98f50d"}, "目标节点未找到或不可达: 2e046bf9-5075-490a-b7e0-6b199b98f50d"),
+        (
+            {"peer_id": "2e046bf9-5075-490a-b7e0-6b199b98f50d"},
+            "目标节点未找到或不可达: 2e046bf9-5075-490a-b7e0-6b199b98f50d",
+        ),
     ],
 )
 def test_p2p_connect_errors_use_the_rust_texts(payload, text):
@@ -749,7 +792,11 @@ def rust_reply(request: bytes, template: str, **replace) -> bytes:
 
 
 def test_p2pfast_node_joins_a_server_answering_like_the_rust_one():
-    node = Node(Config(listen_address="127.0.0.1:60000", network_id="test", enable_discovery=False), now=T0, wall_offset=WALL)
+    node = Node(
+        Config(listen_address="127.0.0.1:60000", network_id="test", enable_discovery=False),
+        now=T0,
+        wall_offset=WALL,
+    )
     rust = ("127.0.0.1", 18080)
     node.connect(rust, T0)
     ((request, addr),) = node.datagrams_to_send()
@@ -822,7 +869,13 @@ def encode_ack_ranges(msg) -> bytes:
 
 @pytest.mark.parametrize(
     "payload",
-    [{"seq": [[0, 2**32]]}, {"seq": [[5, 1]]}, {"seq": "x"}, {"seq": [["a", "b"], [1]]}, {"seq": [[1, 1]] * 10_000}],
+    [
+        {"seq": [[0, 2**32]]},
+        {"seq": [[5, 1]]},
+        {"seq": "x"},
+        {"seq": [["a", "b"], [1]]},
+        {"seq": [[1, 1]] * 10_000},
+    ],
 )
 def test_hostile_ack_ranges_are_bounded(payload):
     server, client, server_id, _ = pair()

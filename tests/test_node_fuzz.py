@@ -4,6 +4,7 @@ unauthenticated address with more than 3x what it sent, and keeps serving its pe
 from __future__ import annotations
 
 import json
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,9 @@ STRANGER = ("127.0.0.9", 4444)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 uuids = st.uuids().map(str) | st.text(max_size=40)
@@ -36,7 +39,9 @@ fields = st.fixed_dictionaries(
                 "original_message": json_values,
             }
         )
-        | st.fixed_dictionaries({"seq": json_values, "sequence_numbers": json_values, "peer_id": uuids}),
+        | st.fixed_dictionaries(
+            {"seq": json_values, "sequence_numbers": json_values, "peer_id": uuids}
+        ),
         "requires_ack": st.booleans() | st.none(),
     },
     optional={
@@ -45,7 +50,9 @@ fields = st.fixed_dictionaries(
         "ack_for": st.none() | uuids,
     },
 )
-datagrams = st.binary(max_size=300) | fields.map(lambda f: json.dumps(f, separators=(",", ":")).encode())
+datagrams = st.binary(max_size=300) | fields.map(
+    lambda f: json.dumps(f, separators=(",", ":")).encode()
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -64,7 +71,9 @@ def test_hostile_datagrams_never_raise_nor_amplify(batch):
         node.datagrams_to_send()
         node.handle_timer(node.get_timer() if node.get_timer() < now + 100 else now)
         node.datagrams_to_send()
-    assert STRANGER not in node.peers_by_addr or len(node.peers_by_id) <= node.config.max_connections
+    assert (
+        STRANGER not in node.peers_by_addr or len(node.peers_by_id) <= node.config.max_connections
+    )
     # The node still serves a peer afterwards.
     if ALICE in node.peers_by_addr:
         node.receive_datagram(envelope("Ping"), ALICE, T0 + 1)

@@ -72,7 +72,9 @@ class Harness:
             s.pending_acks, s.pending_ack_id = [], ""
             s.proven, s.budget = True, 0  # tests of the budget clear ``proven``
             self.peers[addr] = s
-        self.rx = mod.Receiver(self.peers, self.counters, self.out, self.events, self.ack_peers, LOCAL, WALL)
+        self.rx = mod.Receiver(
+            self.peers, self.counters, self.out, self.events, self.ack_peers, LOCAL, WALL
+        )
         if deliver is not None:
             self.rx.deliver = deliver
 
@@ -84,7 +86,14 @@ class Harness:
 
 
 def data(seq: int | None, payload=None, requires_ack: bool = True, mtype: int = T.Data) -> bytes:
-    return encode(mtype, {"n": seq} if payload is None else payload, 1795634857, id=MSG_ID % (seq or 0), sequence_number=seq, requires_ack=requires_ack)
+    return encode(
+        mtype,
+        {"n": seq} if payload is None else payload,
+        1795634857,
+        id=MSG_ID % (seq or 0),
+        sequence_number=seq,
+        requires_ack=requires_ack,
+    )
 
 
 def test_an_address_without_a_session_is_handed_back_untouched(twin):
@@ -101,10 +110,20 @@ def test_in_order_data_is_acked_and_counted(twin):
     assert h.feed(data(1), PLAIN) is None
     ((ack, addr),) = h.sent()
     assert addr == PLAIN
-    assert (ack.type, ack.ack_for, ack.timestamp, ack.sender_addr) == (T.Ack, MSG_ID % 1, int(NOW + WALL), LOCAL)
+    assert (ack.type, ack.ack_for, ack.timestamp, ack.sender_addr) == (
+        T.Ack,
+        MSG_ID % 1,
+        int(NOW + WALL),
+        LOCAL,
+    )
     assert ack.payload is None and ack.sequence_number is None and ack.requires_ack is False
     c = h.counters
-    assert (c.acks_sent, c.tx_by_type[T.Ack], c.bytes_out, c.delivered) == (1, 1, len(h.out[0][0]), 1)
+    assert (c.acks_sent, c.tx_by_type[T.Ack], c.bytes_out, c.delivered) == (
+        1,
+        1,
+        len(h.out[0][0]),
+        1,
+    )
     assert not h.events and h.peers[PLAIN].last_seen == NOW
 
 
@@ -138,7 +157,11 @@ def test_p2pfast_peers_are_owed_one_coalesced_ack(twin):
         h.feed(data(seq), FAST, NOW + seq)
     peer = h.peers[FAST]
     assert h.out == [] and h.ack_peers == [peer]
-    assert (peer.pending_acks, peer.pending_ack_id, h.rx.ack_now) == ([1, 2, 3], MSG_ID % 3, NOW + 3)
+    assert (peer.pending_acks, peer.pending_ack_id, h.rx.ack_now) == (
+        [1, 2, 3],
+        MSG_ID % 3,
+        NOW + 3,
+    )
     h.feed(data(2), FAST)  # a duplicate is owed again (the first Ack may have been lost)
     assert peer.pending_acks == [1, 2, 3, 2] and h.ack_peers == [peer]
 
@@ -298,7 +321,14 @@ def _observe(h: Harness, items, deliver: int) -> list:
     h.rx.deliver = deliver
     seen = []
     for sender, mtype, seq, ack, payload, now in items:
-        d = encode(mtype, payload, 1795634857, id=MSG_ID % (seq or 0), sequence_number=seq, requires_ack=ack)
+        d = encode(
+            mtype,
+            payload,
+            1795634857,
+            id=MSG_ID % (seq or 0),
+            sequence_number=seq,
+            requires_ack=ack,
+        )
         got = h.feed(d, sender, now)
         if got is not None:
             msg, peer, gap = got
@@ -307,9 +337,27 @@ def _observe(h: Harness, items, deliver: int) -> list:
     # Outgoing datagrams carry fresh random ids: compare everything else.
     sent = [(py_decode(d).as_tuple()[1:], a) for d, a in h.out]
     c = h.counters
-    counts = [c.rx_by_type, c.tx_by_type, c.bytes_in, c.bytes_out, c.acks_sent, c.duplicates, c.delivered]
-    sessions = [(p.last_seen, p.pending_acks, p.pending_ack_id, p.dup.highest) for p in h.peers.values()]
-    return [seen, sent, counts, list(h.events), [p.node_id for p in h.ack_peers], h.rx.ack_now, sessions]
+    counts = [
+        c.rx_by_type,
+        c.tx_by_type,
+        c.bytes_in,
+        c.bytes_out,
+        c.acks_sent,
+        c.duplicates,
+        c.delivered,
+    ]
+    sessions = [
+        (p.last_seen, p.pending_acks, p.pending_ack_id, p.dup.highest) for p in h.peers.values()
+    ]
+    return [
+        seen,
+        sent,
+        counts,
+        list(h.events),
+        [p.node_id for p in h.ack_peers],
+        h.rx.ack_now,
+        sessions,
+    ]
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="compiled extensions disabled by P2PFAST_NO_EXTENSIONS")

@@ -135,7 +135,9 @@ def recv_n(sock: socket.socket, n: int) -> list[bytes]:
     return out
 
 
-def until_sentinel(sender: socket.socket, receiver: socket.socket, limit: int = 10_000) -> list[bytes]:
+def until_sentinel(
+    sender: socket.socket, receiver: socket.socket, limit: int = 10_000
+) -> list[bytes]:
     """Everything ``receiver`` got from ``sender`` so far: write a sentinel on ``sender`` and
     read up to it (loopback keeps one socket's datagrams to one destination in order)."""
     sender.sendto(SENTINEL, receiver.getsockname()[:2])
@@ -313,7 +315,9 @@ def test_stops_at_unsendable_pair(sendbatch, socks, bad, where):
 
 
 @pytest.mark.parametrize(
-    "big", [(2,), (0,), (4,), (1, 2), (63,), (64,), (63, 64, 65)], ids=lambda b: "big" + "-".join(map(str, b))
+    "big",
+    [(2,), (0,), (4,), (1, 2), (63,), (64,), (63, 64, 65)],
+    ids=lambda b: "big" + "-".join(map(str, b)),
 )
 def test_oversize_datagram_counted_and_skipped(sendbatch, socks, big):
     receiver = socks.receiver()
@@ -507,9 +511,7 @@ def test_twins_agree_on_mixed_items(socks):
     # the last pair is unsendable, so the last call stops at it and nothing is left after.
     assert records == [(k, False) for k in (0, 1, 5, 7, 30, 64, 65, 66, 102, 149)]
     assert errors == 4
-    assert received == [
-        it[0] for it in items if type(it) is tuple and it[0][:1] == b"m"
-    ]
+    assert received == [it[0] for it in items if type(it) is tuple and it[0][:1] == b"m"]
 
 
 def test_twins_agree_on_random_mixes(socks):

@@ -30,7 +30,10 @@ def config(**kw) -> Config:
 @on_uvloop
 async def test_connect_send_receive_and_stats():
     received: list = []
-    async with P2PServer(config(), on_data=received.append) as server, P2PServer(config()) as client:
+    async with (
+        P2PServer(config(), on_data=received.append) as server,
+        P2PServer(config()) as client,
+    ):
         if sys.platform != "win32":  # Windows has no uvloop: the standard loop runs p2pfast
             import uvloop
 
@@ -65,7 +68,11 @@ async def test_messages_async_iterator_and_routing_through_a_hub():
         assert alice.node.routes.next_hop(bob.node_id) == hub.node_id
         await alice.send(bob.node_id, "via the hub")
         msg = await asyncio.wait_for(anext_(inbox), 5)
-        assert (msg.payload, msg.source, msg.route_id is not None) == ("via the hub", alice.node_id, True)
+        assert (msg.payload, msg.source, msg.route_id is not None) == (
+            "via the hub",
+            alice.node_id,
+            True,
+        )
 
 
 @on_uvloop
@@ -123,7 +130,10 @@ async def test_stop_sends_disconnect_and_fails_pending_sends():
 @on_uvloop
 async def test_backpressure_waits_for_room_in_the_window():
     got: list = []
-    async with P2PServer(config(), on_data=got.append) as server, P2PServer(config(send_window=4, duplicate_window=64)) as client:
+    async with (
+        P2PServer(config(), on_data=got.append) as server,
+        P2PServer(config(send_window=4, duplicate_window=64)) as client,
+    ):
         await client.connect_to_peer(server.local_address)
         await asyncio.gather(*(client.send(server.node_id, i) for i in range(40)))
         assert sorted(m.payload for m in got) == list(range(40))
@@ -135,7 +145,10 @@ async def test_exactly_once_delivery_through_a_lossy_relay(seed):
     """20% loss, 10% duplication, 10% reordering, both directions: every message arrives once."""
     got: list = []
     fast = dict(rto_initial=0.05, rto_min=0.02, rto_max=0.5, max_retries=30, gap_delay=0.01)
-    async with P2PServer(config(**fast), on_data=got.append) as server, P2PServer(config(**fast)) as client:
+    async with (
+        P2PServer(config(**fast), on_data=got.append) as server,
+        P2PServer(config(**fast)) as client,
+    ):
         relay = LossyRelay(server.local_address, loss=0.2, duplicate=0.1, reorder=0.1, seed=seed)
         relay_addr = await relay.start()
         try:
@@ -173,7 +186,10 @@ def _ipv6_loopback() -> bool:
 async def test_ipv6_nodes_exchange_data_through_the_batched_sender():
     received: list = []
     v6 = dict(listen_address="[::1]:0")
-    async with P2PServer(config(**v6), on_data=received.append) as server, P2PServer(config(**v6)) as client:
+    async with (
+        P2PServer(config(**v6), on_data=received.append) as server,
+        P2PServer(config(**v6)) as client,
+    ):
         peer_id = await client.connect_to_peer(f"[::1]:{server.local_address[1]}")
         assert peer_id == server.node_id
         # Many sends at once: the replies of one loop iteration leave in one batch.

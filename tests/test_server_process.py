@@ -18,8 +18,6 @@ from .helpers import captured, envelope, handshake, routed
 from .netutil import SeedClient, ServerProcess
 
 
-
-
 @pytest.fixture
 def server():
     with ServerProcess("--network-id", "test", "--log-level", "warning") as proc:
@@ -97,8 +95,14 @@ def test_seed_client_session_against_the_server(server, clients):
 
     # P2PConnect: both sides learn each other's observed address
     alice.send(envelope("P2PConnect", {"peer_id": bob_id}))
-    assert alice.recv_type(T.P2PConnect).payload == {"peer_addr": f"127.0.0.1:{bob.port}", "peer_id": bob_id}
-    assert bob.recv_type(T.P2PConnect).payload == {"peer_addr": f"127.0.0.1:{alice.port}", "peer_id": alice_id}
+    assert alice.recv_type(T.P2PConnect).payload == {
+        "peer_addr": f"127.0.0.1:{bob.port}",
+        "peer_id": bob_id,
+    }
+    assert bob.recv_type(T.P2PConnect).payload == {
+        "peer_addr": f"127.0.0.1:{alice.port}",
+        "peer_id": alice_id,
+    }
 
     # Disconnect (captured datagram): alice leaves
     alice.send(captured("Disconnect"))
@@ -138,7 +142,16 @@ def test_hostile_datagrams_do_not_stop_the_server(server, clients):
 
 
 def test_heartbeat_evicts_a_silent_peer_and_tells_the_others():
-    with ServerProcess("--network-id", "test", "--heartbeat-interval", "0.5", "--connection-timeout", "1.5", "--log-level", "warning") as proc:
+    with ServerProcess(
+        "--network-id",
+        "test",
+        "--heartbeat-interval",
+        "0.5",
+        "--connection-timeout",
+        "1.5",
+        "--log-level",
+        "warning",
+    ) as proc:
         silent, talker = SeedClient(proc.addr), SeedClient(proc.addr)
         try:
             silent_id = join(silent, "silent")
@@ -248,7 +261,9 @@ def test_cli_bad_flag_and_env_values():
 def test_flags_override_file_and_env(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"network_id": "from-file", "max_connections": 1}')
-    with ServerProcess("-c", str(path), "--network-id", "from-flag", env={"P2PFAST_MAX_CONNECTIONS": "2"}) as proc:
+    with ServerProcess(
+        "-c", str(path), "--network-id", "from-flag", env={"P2PFAST_MAX_CONNECTIONS": "2"}
+    ) as proc:
         assert "network_id=from-flag" in "".join(proc.stderr_lines)
         clients = [SeedClient(proc.addr) for _ in range(3)]
         try:
@@ -276,7 +291,9 @@ def test_shipped_config_json_is_valid():
 
 def test_unknown_rust_config_blocks_are_accepted(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text('{"network_id": "test", "ice": {"enable": false}, "stun_server": {"enable": false}}')
+    path.write_text(
+        '{"network_id": "test", "ice": {"enable": false}, "stun_server": {"enable": false}}'
+    )
     with ServerProcess("-c", str(path)) as proc:
         assert proc.proc.poll() is None
 

@@ -63,7 +63,9 @@ def test_a_forged_repeated_handshake_cannot_make_a_message_acked_but_lost():
     send_all(net, alice, bob.node_id, range(10))
     forged_info = node_info("alice", node_id=alice.node_id, caps=["handshake", "p2pfast"])
     for base in (5, 2**31 - 10):  # below and far above alice's real numbering
-        forged = envelope("HandshakeRequest", forged_info, seq=base, requires_ack=True, sender_addr="0.0.0.0:0")
+        forged = envelope(
+            "HandshakeRequest", forged_info, seq=base, requires_ack=True, sender_addr="0.0.0.0:0"
+        )
         net.inject(forged, alice.local_addr, bob.local_addr)
         handles = []
         for n in range(10):
@@ -75,7 +77,9 @@ def test_a_forged_repeated_handshake_cannot_make_a_message_acked_but_lost():
             net.run(0.01)
         net.run(60.0)
         completed = {e.handle for e in net.events[alice.local_addr] if isinstance(e, SendCompleted)}
-        delivered_ids = {e.message_id for e in net.events[bob.local_addr] if isinstance(e, DataReceived)}
+        delivered_ids = {
+            e.message_id for e in net.events[bob.local_addr] if isinstance(e, DataReceived)
+        }
         assert completed & set(handles) <= delivered_ids  # acked => delivered
     assert len(got(net, bob)) == len(set(got(net, bob)))  # and never twice
 
@@ -83,7 +87,10 @@ def test_a_forged_repeated_handshake_cannot_make_a_message_acked_but_lost():
 def test_a_forged_handshake_is_never_advertised_nor_dialled():
     net = VirtualNet(33, delay=0.002)
     hub = net.add(make_node(9000, enable_discovery=False))
-    nodes = [net.add(make_node(9001 + i, enable_discovery=True, discovery_port_range=(1, 1))) for i in range(5)]
+    nodes = [
+        net.add(make_node(9001 + i, enable_discovery=True, discovery_port_range=(1, 1)))
+        for i in range(5)
+    ]
     for node in nodes:
         net.connect(node, hub)
     victim = ("127.0.0.9", 5555)
@@ -95,7 +102,9 @@ def test_a_forged_handshake_is_never_advertised_nor_dialled():
     net.run(5.0)
     assert info["id"] in hub.peers_by_id
     assert net.sent_to[victim] <= 3 * net.sent_by[victim]  # the hub's own replies, budgeted
-    from_others = sum(1 for n in nodes if victim in n._pending_connects or victim in n.peers_by_addr)
+    from_others = sum(
+        1 for n in nodes if victim in n._pending_connects or victim in n.peers_by_addr
+    )
     assert from_others == 0
     assert all(n.routes.next_hop(info["id"]) is None for n in nodes)
 
@@ -103,16 +112,22 @@ def test_a_forged_handshake_is_never_advertised_nor_dialled():
 def test_a_lying_peer_list_costs_few_dials():
     net = VirtualNet(34, delay=0.002)
     liar = net.add(make_node(9000))
-    honest = net.add(make_node(9001, enable_discovery=True, discovery_port_range=(1, 1), reconnect_cooldown=60.0))
+    honest = net.add(
+        make_node(9001, enable_discovery=True, discovery_port_range=(1, 1), reconnect_cooldown=60.0)
+    )
     net.connect(honest, liar)
-    invented = [{"addr": f"127.0.1.{i % 250}:{2000 + i}", "id": str(uuid.uuid4())} for i in range(300)]
+    invented = [
+        {"addr": f"127.0.1.{i % 250}:{2000 + i}", "id": str(uuid.uuid4())} for i in range(300)
+    ]
     lie = envelope("DiscoveryResponse", invented)
     dial_bytes = 0
     for _ in range(20):  # the same lie, again and again
         start = sum(net.sent_to[a] for a in net.sent_to if a[0].startswith("127.0.1."))
         net.inject(lie, liar.local_addr, honest.local_addr)
         net.run(3.0)
-        dial_bytes += sum(net.sent_to[a] for a in net.sent_to if a[0].startswith("127.0.1.")) - start
+        dial_bytes += (
+            sum(net.sent_to[a] for a in net.sent_to if a[0].startswith("127.0.1.")) - start
+        )
     dialled = [a for a in net.sent_to if a[0].startswith("127.0.1.")]
     assert len(dialled) <= 20 * DIALS_PER_LIST
     per_address = max(net.sent_to[a] for a in dialled)
@@ -153,7 +168,9 @@ def test_a_peer_list_that_overtakes_the_handshake_response_is_kept():
 def test_gossip_finds_a_node_the_broadcasts_missed():
     net = VirtualNet(36, delay=0.002)
     hub = net.add(make_node(9000))
-    late = net.add(make_node(9001, enable_discovery=True, discovery_port_range=(1, 1), heartbeat_interval=1.0))
+    late = net.add(
+        make_node(9001, enable_discovery=True, discovery_port_range=(1, 1), heartbeat_interval=1.0)
+    )
     net.connect(late, hub)
     other = net.add(make_node(9002))
     net.connect(other, hub)
@@ -175,4 +192,10 @@ def test_routed_sends_complete_after_a_restart_of_the_destination():
     assert net.run(2.0, lambda: alice.routes.next_hop(fixed_id) == hub.node_id)
     handle = alice.send_data(fixed_id, {"n": 0}, net.now)
     net.flush()
-    assert net.run(2.0, lambda: any(isinstance(e, SendCompleted) and e.handle == handle for e in net.events[alice.local_addr]))
+    assert net.run(
+        2.0,
+        lambda: any(
+            isinstance(e, SendCompleted) and e.handle == handle
+            for e in net.events[alice.local_addr]
+        ),
+    )

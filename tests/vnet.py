@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 from p2pfast.config import Config
 from p2pfast.events import Event
@@ -113,7 +113,9 @@ class VirtualNet:
         self.flush()
         return True
 
-    def run(self, seconds: float, until: Callable[[], bool] | None = None, max_steps: int = 2_000_000) -> bool:
+    def run(
+        self, seconds: float, until: Callable[[], bool] | None = None, max_steps: int = 2_000_000
+    ) -> bool:
         """Run for up to ``seconds`` of virtual time (bounded in steps); True if ``until``
         became true."""
         end = self.now + seconds
