@@ -235,6 +235,7 @@ def _node_config(
     listen: str, network_id: str, datagram_size: int | None, pmtu: bool, peers: int
 ) -> Any:
     from ..config import Config
+    from ..errors import ConfigError
 
     names = {f.name for f in dataclasses.fields(Config)}
     extra: dict[str, Any] = {}
@@ -244,7 +245,16 @@ def _node_config(
         if "pmtu_discovery" not in names:
             raise BenchError("--no-pmtu: this p2pfast has no pmtu_discovery setting")
         extra["pmtu_discovery"] = False
-    return Config(
+    try:
+        return _make_config(Config, listen, network_id, peers, extra)
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _make_config(
+    config: Any, listen: str, network_id: str, peers: int, extra: dict[str, Any]
+) -> Any:
+    return config(
         listen_address=listen,
         network_id=network_id,
         enable_discovery=False,
