@@ -52,6 +52,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -864,11 +865,30 @@ def _run_in_child(spec: BulkSpec) -> dict[str, Any]:
         return doc
 
 
-def run_bulk(spec: BulkSpec, impls: list[str]) -> dict[str, Any]:
-    """Every transfer asked for, side by side, with the ratios to TCP."""
-    runs = [run_bulk_p2pfast(dataclasses.replace(spec, impl=i)) for i in impls]
-    if spec.baseline:
-        runs.append(run_bulk_tcp(spec))
+def run_bulk(spec: BulkSpec, impls: list[str], rounds: int = 1) -> dict[str, Any]:
+    """Every transfer asked for, side by side, ``rounds`` times interleaved; the ratios to
+    TCP per round, and the medians over the rounds."""
+    runs: list[dict[str, Any]] = []
+    per_round: list[dict[str, float]] = []
+    for round_no in range(1, rounds + 1):
+        these = [run_bulk_p2pfast(dataclasses.replace(spec, impl=i)) for i in impls]
+        if spec.baseline:
+            these.append(run_bulk_tcp(spec))
+        for r in these:
+            r["round"] = round_no
+        runs += these
+        per_round.append(_ratios(these))
+    doc: dict[str, Any] = {"runs": runs, "ratios": _median_dicts(per_round)}
+    if rounds > 1:
+        doc["ratios_per_round"] = per_round
+        doc["medians"] = {
+            label: _median_dicts([_figures(r) for r in runs if r["label"] == label])
+            for label in dict.fromkeys(r["label"] for r in runs)
+        }
+    return doc
+
+
+def _ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
     ratios: dict[str, float] = {}
     tcp = next((r for r in runs if r["kind"] == "tcp"), None)
     for r in runs:
@@ -879,7 +899,31 @@ def run_bulk(spec: BulkSpec, impls: list[str]) -> dict[str, Any]:
         ratios["compiled/pure goodput"] = round(
             by_impl["compiled"]["goodput_mb_s"] / by_impl["pure"]["goodput_mb_s"], 3
         )
-    return {"runs": runs, "ratios": ratios}
+    return ratios
+
+
+def _figures(run: dict[str, Any]) -> dict[str, float]:
+    """The headline figures of one run, flat (for medians over rounds)."""
+    out: dict[str, float] = {"goodput_mb_s": run["goodput_mb_s"]}
+    for side, v in run["cpu_s_per_mib"].items():
+        if v is not None:
+            out[f"cpu_s_per_mib.{side}"] = v
+    for name in ("latency_ms", "loaded_latency_ms"):
+        for q in ("p50", "p99"):
+            if run[name][q] is not None:
+                out[f"{name}.{q}"] = run[name][q]
+    for name in ("loss_rate", "fairness"):
+        if run.get(name) is not None:
+            out[name] = run[name]
+    retx = run["counters"].get("fragments_retransmitted")
+    if retx is not None:
+        out["fragments_retransmitted"] = retx
+    return out
+
+
+def _median_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for d in dicts for k in d)
+    return {k: round(statistics.median(d[k] for d in dicts if k in d), 5) for k in keys}
 
 
 def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
@@ -921,8 +965,11 @@ def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
             )
         if r.get("warning"):
             lines.append(f"{'':<20}warning: {r['warning']}")
+    for label, med in doc.get("medians", {}).items():
+        text = ", ".join(f"{k} {v:g}" for k, v in med.items())
+        lines.append(f"median {label}: {text}")
     for name, value in doc["ratios"].items():
-        lines.append(f"{name}: {value:g}")
+        lines.append(f"{name}: {value:g}" + (" (median of the rounds)" if "medians" in doc else ""))
     return "\n".join(lines)
 
 

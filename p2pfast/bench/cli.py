@@ -233,7 +233,7 @@ def _main(
     **bulk: Any,
 ) -> None:
     if workload == "bulk":
-        _bulk(peers or 1, window, size, impl, json_file, seed, bulk)
+        _bulk(peers or 1, window, size, impl, json_file, seed, rounds, bulk)
         return
     peers = peers or 1000
     size = 64 if size is None else size
@@ -319,6 +319,7 @@ def _bulk(
     impl: str,
     json_file: str | None,
     seed: int | None,
+    rounds: int,
     opts: dict[str, Any],
 ) -> None:
     """``--workload bulk``: see :mod:`p2pfast.bench.bulk`."""
@@ -333,7 +334,7 @@ def _bulk(
         seed=1 if seed is None else seed,
     )  # fmt: skip
     impls = ["compiled", "pure"] if impl == "both" or opts["compare_pure"] else [impl]
-    doc = run_bulk(spec, impls)
+    doc = run_bulk(spec, impls, rounds)
     click.echo(format_bulk(doc, spec))
     if json_file:
         doc.update(command=command_line(), argv=list(sys.argv), machine=machine_info())
