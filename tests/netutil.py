@@ -153,7 +153,8 @@ class SeedClient:
                 return msg
             self.backlog.append(msg)
         raise TimeoutError(
-            f"no {T(mtype).name} within {timeout or self.timeout}s; got {[T(m.type).name for m in self.backlog]}"
+            f"no {T(mtype).name} within {timeout or self.timeout}s; "
+            f"got {[T(m.type).name for m in self.backlog]}"
         )
 
     def drain(self, seconds: float = 0.2) -> list:

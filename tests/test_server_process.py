@@ -301,7 +301,7 @@ def test_unknown_rust_config_blocks_are_accepted(tmp_path):
 def test_server_answers_a_handshake_with_new_uuid_forms(server, clients):
     client = clients()
     info_id = uuid.uuid4()
-    data, info, rid = handshake("upper", node_id=str(info_id).upper())
+    data, _info, rid = handshake("upper", node_id=str(info_id).upper())
     client.send(data.replace(rid.encode(), rid.replace("-", "").encode()))
     ack = client.recv_type(T.Ack)
     assert ack.ack_for == rid  # simple form normalized to hyphenated lowercase
