@@ -842,20 +842,16 @@ def _run_in_child(spec: BulkSpec) -> dict[str, Any]:
         )
         try:
             _, err = proc.communicate(timeout=spec.timeout + 60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        except BaseException as exc:
+            # SIGTERM: the child unwinds and stops its receiver and relay, then exits.
+            proc.terminate()
             try:
                 proc.wait(REPORT_TIMEOUT)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
-            raise BenchError(f"the {spec.impl} bulk run did not finish in time") from None
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(REPORT_TIMEOUT)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise BenchError(f"the {spec.impl} bulk run did not finish in time") from None
             raise
         if proc.returncode != 0:
             lines = err.decode("utf-8", "replace").strip().splitlines()
