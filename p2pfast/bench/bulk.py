@@ -99,6 +99,9 @@ class BulkSpec:
     duplicate: float = 0.0
     reorder: float = 0.0
     rate_mbps: float | None = None
+    #: The relay drops datagrams larger than this (a path MTU, as a black hole: path-MTU
+    #: discovery has to find it).
+    path_mtu: int | None = None
     queue: int = 262_144
     datagram_size: int | None = None
     pmtu: bool = True
@@ -112,7 +115,7 @@ class BulkSpec:
 
     @property
     def relayed(self) -> bool:
-        return bool(self.loss or self.duplicate or self.reorder or self.rate_mbps)
+        return bool(self.loss or self.duplicate or self.reorder or self.rate_mbps or self.path_mtu)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -791,6 +794,8 @@ def _relay_args(spec: BulkSpec, target: tuple[str, int], report: str) -> list[st
     ]  # fmt: skip
     if spec.rate_mbps:
         args += ["--rate", str(spec.rate_mbps * 1e6)]
+    if spec.path_mtu:
+        args += ["--max-size", str(spec.path_mtu)]
     return args
 
 
@@ -936,7 +941,8 @@ def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
             if spec.loss or spec.duplicate or spec.reorder
             else ""
         )
-        + (f", rate {spec.rate_mbps} MB/s queue {spec.queue}" if spec.rate_mbps else ""),
+        + (f", rate {spec.rate_mbps} MB/s queue {spec.queue}" if spec.rate_mbps else "")
+        + (f", path MTU {spec.path_mtu}" if spec.path_mtu else ""),
         f"{'':<20}{'MB/s':>9}{'snd CPU s/MiB':>15}{'rcv CPU s/MiB':>15}"
         f"{'lat p50 ms':>12}{'lat p99 ms':>12}{'loaded p50':>12}{'retx frags':>12}{'loss':>8}",
     ]
@@ -960,7 +966,8 @@ def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
         if relay:
             lines.append(
                 f"{'':<20}relay: dropped {relay['dropped']}, duplicated {relay['duplicated']}, "
-                f"reordered {relay['reordered']}, queue-dropped {relay['queue_dropped']}"
+                f"reordered {relay['reordered']}, queue-dropped {relay['queue_dropped']}, "
+                f"over the path MTU {relay['oversize_dropped']}"
             )
         if r.get("warning"):
             lines.append(f"{'':<20}warning: {r['warning']}")
