@@ -820,12 +820,15 @@ def run_bulk_tcp(spec: BulkSpec) -> dict[str, Any]:
 
 
 def _run_loop(coro: Any, timeout: float, what: str) -> dict[str, Any]:
+    from ..errors import P2PError
     from ..server import run
 
     async def bounded() -> dict[str, Any]:
         try:
             result: dict[str, Any] = await asyncio.wait_for(coro, timeout)
             return result
+        except (P2PError, OSError) as exc:  # before TimeoutError: P2PTimeout is one
+            raise BenchError(f"the {what} bulk transfer failed: {exc}") from None
         except asyncio.TimeoutError:
             raise BenchError(
                 f"the {what} bulk transfer did not finish within {timeout:g} s"
