@@ -32,10 +32,11 @@ after the bulk phase with one message in flight at a time (``BulkSpec.latency_co
 what one message costs on an idle path; ``loaded_latency_ms`` is the same figure for the
 messages of the bulk phase (it includes queueing behind the window).
 
-**CPU.** Each process's own CPU time, all threads (``/proc/PID/task/*/schedstat``, to the
-nanosecond; utime + stime or psutil where that is missing), over the bulk phase: the sender
-is this process (all flows: it runs them all), then the receiver and the relay. Reported per
-MiB of payload.
+**CPU.** Each process's own CPU time, all threads, over the bulk phase: the sender is this
+process (``time.process_time``; all flows: it runs them all), the receiver and the relay are
+read from ``/proc/PID/task/*/schedstat`` (nanoseconds, up to date for a process that is not
+running at that instant; utime + stime or psutil where it is missing). Reported per MiB of
+payload.
 
 **Warm-up.** ``BulkSpec.warmup`` (2) messages per flow go before the measurement (slow start,
 path-MTU probing); they are checked but not counted. Counter figures
@@ -647,9 +648,9 @@ async def _transfer(
             await asyncio.gather(*(f.transfer(spec.warmup, spec.window) for f in flows))
         before = [f.counters() for f in flows]
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        own0, t0 = cpu_seconds(os.getpid()) or time.process_time(), time.monotonic()
+        own0, t0 = time.process_time(), time.monotonic()  # exact for this process
         phases = await asyncio.gather(*(f.transfer(spec.count, spec.window) for f in flows))
-        own1, t1 = cpu_seconds(os.getpid()) or time.process_time(), time.monotonic()
+        own1, t1 = time.process_time(), time.monotonic()
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         after = [f.counters() for f in flows]
         idle: list[float] = []
