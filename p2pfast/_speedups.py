@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     # Type checkers see the compiled modules (described by their .pyi stubs); each pure twin
     # has the same API, which the test suite runs on both.
     from . import _codec as codec
+    from . import _fragment_py as fragment
     from . import _receive as receive
     from . import _sendbatch as sendbatch
     from . import _window as window
 elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
+        from . import _fragment_py as fragment
         from . import _receive as receive
         from . import _sendbatch as sendbatch
         from . import _window as window
@@ -38,16 +40,18 @@ elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
             stacklevel=2,
         )
         from . import _codec_py as codec
+        from . import _fragment_py as fragment
         from . import _receive_py as receive
         from . import _sendbatch_py as sendbatch
         from . import _window_py as window
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
     from . import _codec_py as codec
+    from . import _fragment_py as fragment
     from . import _receive_py as receive
     from . import _sendbatch_py as sendbatch
     from . import _window_py as window
 
-__all__ = ["USE_EXTENSIONS", "codec", "receive", "sendbatch", "window"]
+__all__ = ["USE_EXTENSIONS", "codec", "fragment", "receive", "sendbatch", "window"]
 
 #: True when the compiled Cython modules are the ones in use.
 USE_EXTENSIONS: bool = codec.__name__.endswith("._codec")
