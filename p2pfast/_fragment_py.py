@@ -62,8 +62,7 @@ def encode_fragment(
 ) -> bytes:
     """A FRAGMENT frame carrying ``data[start:end]`` (the message's bytes ``offset`` onwards)."""
     return (
-        _FRAGMENT.pack(FRAME_MAGIC, KIND_FRAGMENT, packet, message, total, offset)
-        + data[start:end]
+        _FRAGMENT.pack(FRAME_MAGIC, KIND_FRAGMENT, packet, message, total, offset) + data[start:end]
     )
 
 
@@ -164,7 +163,7 @@ class RangeSet:
         return len(self._starts)
 
     def ranges(self) -> list[tuple[int, int]]:
-        return list(zip(self._starts, self._ends))
+        return list(zip(self._starts, self._ends, strict=True))
 
     def add(self, start: int, end: int) -> int:
         """Cover ``[start, end)``; return how many bytes were not covered before."""
@@ -195,7 +194,9 @@ class RangeSet:
         return added
 
     def overlaps(self, start: int, end: int) -> list[tuple[int, int]]:
-        """The parts of ``[start, end)`` already covered."""
+        """The parts of ``[start, end)`` already covered (none for an empty ``[start, end)``)."""
+        if end <= start:
+            return []
         starts, ends = self._starts, self._ends
         out = []
         k = bisect_right(ends, start)
@@ -207,7 +208,9 @@ class RangeSet:
 
     def pop_front(self, limit: int) -> tuple[int, int]:
         """Remove and return up to ``limit`` bytes from the start of the first range
-        (``(0, 0)`` when empty)."""
+        (``(0, 0)`` when empty); ``limit`` must not be negative."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
         starts, ends = self._starts, self._ends
         if not starts:
             return 0, 0
@@ -221,6 +224,12 @@ class RangeSet:
         self.covered -= end - start
         return start, end
 
+    def _opens_range(self, start: int, end: int) -> bool:
+        """Whether adding ``[start, end)`` would add a range (it neither overlaps nor touches
+        one), rather than extend or merge existing ones."""
+        lo = bisect_left(self._ends, start)
+        return lo == len(self._starts) or self._starts[lo] > end
+
     def clear(self) -> None:
         self._starts.clear()
         self._ends.clear()
@@ -231,12 +240,12 @@ class Reassembly:
     """One incoming message: a buffer of its declared ``total`` bytes (committed when the first
     fragment is accepted, after the total was checked) and the ranges received so far."""
 
-    __slots__ = ("_buffer", "_received", "max_ranges", "total")
+    __slots__ = ("_buffer", "_received", "_total", "max_ranges")
 
     def __init__(self, total: int, max_ranges: int = 256) -> None:
         if not 0 < total <= MAX_MESSAGE_SIZE:
             raise ValueError(f"total must be 1..{MAX_MESSAGE_SIZE}")
-        self.total = total
+        self._total = total
         #: Separate received ranges allowed at once (a peer sending scattered pieces cannot
         #: make bookkeeping grow without bound).
         self.max_ranges = max_ranges
@@ -244,18 +253,29 @@ class Reassembly:
         self._received = RangeSet()
 
     @property
+    def total(self) -> int:
+        """The message's declared size (the buffer's size; fixed)."""
+        return self._total
+
+    @property
     def received(self) -> int:
         return self._received.covered
 
     @property
     def complete(self) -> bool:
-        return self._received.covered == self.total
+        return self._received.covered == self._total
 
     def insert(self, offset: int, frame: bytes, at: int) -> int:
         """Copy ``frame[at:]`` to ``offset``: ``ADDED`` (something new), ``DUPLICATE`` (all seen
         before, identical), ``MISMATCH`` (it differs from bytes already received: refused) or
-        ``TOO_FRAGMENTED`` (it would open one range too many: refused, to be resent later)."""
+        ``TOO_FRAGMENTED`` (it would open one range too many: refused, to be resent later).
+        Nothing new (empty data) is ``DUPLICATE``; ValueError if ``frame[at:]`` does not fit
+        in the message at ``offset`` (parse_fragment has checked that for wire input)."""
         end = offset + len(frame) - at
+        if offset < 0 or not 0 <= at <= len(frame) or end > self._total:
+            raise ValueError("fragment outside its message")
+        if end == offset:
+            return DUPLICATE
         received = self._received
         overlaps = received.overlaps(offset, end)
         buffer = self._buffer
@@ -267,7 +287,7 @@ class Reassembly:
             covered = sum(last - first for first, last in overlaps)
             if covered == end - offset:
                 return DUPLICATE
-        elif received.count >= self.max_ranges:
+        elif received.count >= self.max_ranges and received._opens_range(offset, end):
             return TOO_FRAGMENTED
         buffer[offset:end] = view[at:]
         received.add(offset, end)
@@ -287,13 +307,16 @@ class SentLog:
     ``on_ack`` and ``detect_lost`` do work proportional to the packets they settle, not to a
     peer's claims: ranges are clipped to the numbers actually outstanding."""
 
-    __slots__ = ("_order", "_packets", "largest_acked", "next_packet", "work")
+    __slots__ = ("_next_packet", "_order", "_packets", "largest_acked", "work")
 
     def __init__(self, first_packet: int = 0) -> None:
+        if not 0 <= first_packet < 1 << 62:
+            raise ValueError("first_packet must be 0..2**62-1")
         #: packet number -> (message, start, end, size, sent_time)
         self._packets: dict[int, tuple[Any, int, int, int, float]] = {}
         self._order: deque[int] = deque()
-        self.next_packet = first_packet
+        self._next_packet = first_packet
+        #: Largest packet number acknowledged so far (-1 before the first).
         self.largest_acked = -1
         #: Loop iterations spent (tests bound it per datagram).
         self.work = 0
@@ -301,10 +324,15 @@ class SentLog:
     def __len__(self) -> int:
         return len(self._packets)
 
+    @property
+    def next_packet(self) -> int:
+        """The number the next fragment sent gets (read-only: numbers are never reused)."""
+        return self._next_packet
+
     def sent(self, message: Any, start: int, end: int, size: int, now: float) -> int:
         """Record a fragment sent now; return its packet number."""
-        packet = self.next_packet
-        self.next_packet = packet + 1
+        packet = self._next_packet
+        self._next_packet = packet + 1
         self._packets[packet] = (message, start, end, size, now)
         self._order.append(packet)
         return packet
@@ -322,7 +350,7 @@ class SentLog:
         if not order:
             return acked, sample
         oldest = order[0]
-        newest = self.next_packet - 1
+        newest = self._next_packet - 1
         for first, last in ranges:
             lo = max(first, oldest)
             hi = min(last, newest)
