@@ -357,7 +357,7 @@ class SentLog:
             if lo > hi:
                 continue
             if hi - lo + 1 > len(packets):  # a wide claim: walk what is outstanding instead
-                hits = [p for p in packets if lo <= p <= hi]
+                hits: list[int] | range = [p for p in packets if lo <= p <= hi]
                 self.work += len(packets)
             else:
                 hits = range(lo, hi + 1)
