@@ -249,7 +249,7 @@ class Reassembly:
         #: Separate received ranges allowed at once (a peer sending scattered pieces cannot
         #: make bookkeeping grow without bound).
         self.max_ranges = max_ranges
-        self._buffer = bytearray(total)
+        self._buffer: bytearray | None = bytearray(total)
         self._received = RangeSet()
 
     @property
@@ -271,6 +271,9 @@ class Reassembly:
         ``TOO_FRAGMENTED`` (it would open one range too many: refused, to be resent later).
         Nothing new (empty data) is ``DUPLICATE``; ValueError if ``frame[at:]`` does not fit
         in the message at ``offset`` (parse_fragment has checked that for wire input)."""
+        buffer = self._buffer
+        if buffer is None:
+            raise ValueError("message already taken")
         end = offset + len(frame) - at
         if offset < 0 or not 0 <= at <= len(frame) or end > self._total:
             raise ValueError("fragment outside its message")
@@ -278,7 +281,6 @@ class Reassembly:
             return DUPLICATE
         received = self._received
         overlaps = received.overlaps(offset, end)
-        buffer = self._buffer
         view = memoryview(frame)
         for first, last in overlaps:
             if buffer[first:last] != view[at + first - offset : at + last - offset]:
@@ -294,9 +296,12 @@ class Reassembly:
         return ADDED
 
     def take(self) -> bytes:
-        """The whole message (once complete); the buffer is released."""
+        """The whole message (once complete; bytes not received are zeros); the buffer is
+        released, so this is the reassembly's last use (ValueError after)."""
+        if self._buffer is None:
+            raise ValueError("message already taken")
         data = bytes(self._buffer)
-        self._buffer = bytearray()
+        self._buffer = None
         return data
 
 
