@@ -21,14 +21,14 @@ if TYPE_CHECKING:
     # Type checkers see the compiled modules (described by their .pyi stubs); each pure twin
     # has the same API, which the test suite runs on both.
     from . import _codec as codec
-    from . import _fragment_py as fragment
+    from . import _fragment as fragment
     from . import _receive as receive
     from . import _sendbatch as sendbatch
     from . import _window as window
 elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
         from . import _codec as codec
-        from . import _fragment_py as fragment
+        from . import _fragment as fragment
         from . import _receive as receive
         from . import _sendbatch as sendbatch
         from . import _window as window
