@@ -70,8 +70,14 @@ class Counters:
         "echoed",
         "evictions",
         "forwarded",
+        "fragments_received",
+        "fragments_retransmitted",
+        "fragments_sent",
+        "frames_in",
+        "frames_out",
         "handshakes",
         "malformed",
+        "messages_reassembled",
         "rejected",
         "retransmit_requests",
         "retransmits",
@@ -97,6 +103,13 @@ class Counters:
         self.send_failures = 0
         self.handshakes = 0
         self.evictions = 0
+        #: Large messages: fragments and binary frames (p2pfast.bulk).
+        self.fragments_sent = 0
+        self.fragments_retransmitted = 0
+        self.fragments_received = 0
+        self.messages_reassembled = 0
+        self.frames_in = 0
+        self.frames_out = 0
         self.rejected: dict[str, int] = {}
 
     def reject(self, reason: str) -> None:
@@ -104,11 +117,11 @@ class Counters:
 
     @property
     def datagrams_in(self) -> int:
-        return sum(self.rx_by_type) + self.malformed
+        return sum(self.rx_by_type) + self.malformed + self.frames_in
 
     @property
     def datagrams_out(self) -> int:
-        return sum(self.tx_by_type)  # every datagram queued is counted by type
+        return sum(self.tx_by_type) + self.frames_out  # messages by type, and binary frames
 
 
 #: The scalar counters, in declaration order (what ``stats.snapshot`` copies).
