@@ -129,7 +129,8 @@ class Counters:
 COUNTER_FIELDS = (
     "malformed", "bytes_in", "bytes_out", "acks_sent", "acks_received", "retransmits",
     "retransmit_requests", "duplicates", "delivered", "echoed", "forwarded", "send_failures",
-    "handshakes", "evictions",
+    "handshakes", "evictions", "fragments_sent", "fragments_retransmitted", "fragments_received",
+    "messages_reassembled", "frames_in", "frames_out",
 )  # fmt: skip
 
 
