@@ -75,17 +75,18 @@ cdef class Counters:
 
     @property
     def datagrams_in(self):
-        return sum(self.rx_by_type) + self.malformed
+        return sum(self.rx_by_type) + self.malformed + self.frames_in
 
     @property
     def datagrams_out(self):
-        return sum(self.tx_by_type)  # every datagram queued is counted by type
+        return sum(self.tx_by_type) + self.frames_out  # messages by type, and binary frames
 
 
 COUNTER_FIELDS = (
     "malformed", "bytes_in", "bytes_out", "acks_sent", "acks_received", "retransmits",
     "retransmit_requests", "duplicates", "delivered", "echoed", "forwarded", "send_failures",
-    "handshakes", "evictions",
+    "handshakes", "evictions", "fragments_sent", "fragments_retransmitted", "fragments_received",
+    "messages_reassembled", "frames_in", "frames_out",
 )
 
 

@@ -70,8 +70,14 @@ class Counters:
         "echoed",
         "evictions",
         "forwarded",
+        "fragments_received",
+        "fragments_retransmitted",
+        "fragments_sent",
+        "frames_in",
+        "frames_out",
         "handshakes",
         "malformed",
+        "messages_reassembled",
         "rejected",
         "retransmit_requests",
         "retransmits",
@@ -97,6 +103,13 @@ class Counters:
         self.send_failures = 0
         self.handshakes = 0
         self.evictions = 0
+        #: Large messages: fragments and binary frames (p2pfast.bulk).
+        self.fragments_sent = 0
+        self.fragments_retransmitted = 0
+        self.fragments_received = 0
+        self.messages_reassembled = 0
+        self.frames_in = 0
+        self.frames_out = 0
         self.rejected: dict[str, int] = {}
 
     def reject(self, reason: str) -> None:
@@ -104,17 +117,21 @@ class Counters:
 
     @property
     def datagrams_in(self) -> int:
-        return sum(self.rx_by_type) + self.malformed
+        return sum(self.rx_by_type) + self.malformed + self.frames_in
 
     @property
     def datagrams_out(self) -> int:
-        return sum(self.tx_by_type)  # every datagram queued is counted by type
+        return sum(self.tx_by_type) + self.frames_out  # messages by type, and binary frames
 
 
-#: The scalar counters, in declaration order (what ``stats.snapshot`` copies).
-COUNTER_FIELDS = tuple(
-    n for n in Counters.__slots__ if n not in ("rx_by_type", "tx_by_type", "rejected")
-)
+#: The scalar counters, in the compiled twin's order (what ``stats.snapshot`` copies). Listed,
+#: not derived from ``__slots__``, whose order is the formatter's (sorted), not the reader's.
+COUNTER_FIELDS = (
+    "malformed", "bytes_in", "bytes_out", "acks_sent", "acks_received", "retransmits",
+    "retransmit_requests", "duplicates", "delivered", "echoed", "forwarded", "send_failures",
+    "handshakes", "evictions", "fragments_sent", "fragments_retransmitted", "fragments_received",
+    "messages_reassembled", "frames_in", "frames_out",
+)  # fmt: skip
 
 
 class Session:

@@ -147,6 +147,10 @@ class BulkConnection:
         self.pto_count = 0
         self._loss_at = _INF
         self._probes: dict[int, int] = {}  # probe number -> size
+        self._pace_at = _INF
+        self._credit_blocked = False
+        #: The peer this connection serves (the node's bookkeeping).
+        self.owner: Any = None
         self._next_probe = 1
         #: Outcomes for the node: handles completed, ``(handle, reason)`` failed.
         self.completed: list[str] = []
@@ -226,14 +230,20 @@ class BulkConnection:
         size = self._datagram_size
         room = size - FRAGMENT_HEADER
         probe_allowance = 1 if self.pto_count else 0
+        self._pace_at = _INF
+        self._credit_blocked = False
         while ready:
             if cc.bytes_in_flight + size > cc.congestion_window and not probe_allowance:
                 break
-            if pacer.next_send_time(now) > now and not probe_allowance:
-                break
+            if not probe_allowance:
+                at = pacer.next_send_time(now)
+                if at > now:
+                    self._pace_at = at
+                    break
             message = ready[0]
             if not message.started:
                 if self.started_total + message.total > self.credit:
+                    self._credit_blocked = True
                     self._request_credit(now, out)
                     break
                 message.started = True
@@ -246,9 +256,6 @@ class BulkConnection:
             if not message.to_send.covered:
                 message.ready = False
                 ready.popleft()
-            retransmission = message.acked.covered + end > message.total or start < max(
-                0, message.total - message.to_send.covered - (end - start)
-            )
             packet = log.sent(message, start, end, end - start + FRAGMENT_HEADER, now)
             out.append(
                 fragment.encode_fragment(
@@ -259,8 +266,6 @@ class BulkConnection:
             cc.on_packet_sent(datagram)
             pacer.on_packet_sent(datagram, now)
             self.fragments_sent += 1
-            if retransmission:
-                self.fragments_retransmitted += 0  # counted where the loss is declared
             probe_allowance = 0
             self._last_sent = now
 
@@ -377,15 +382,19 @@ class BulkConnection:
             pto = self._last_sent + self.rtt.pto(MAX_ACK_DELAY) * (1 << min(self.pto_count, 16))
             at = min(at, pto, self._loss_at)
         if self._ready and not self.dead:
-            if self.started_total + self._ready[0].total > self.credit and self._ready[0].started is False:
+            if self._credit_blocked:
                 at = min(at, self._credit_requested_at + self.rtt.pto(MAX_ACK_DELAY))
-            else:
-                at = min(at, self.pacer.next_send_time(-_INF))
+            at = min(at, self._pace_at)
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
         if self._incoming:
             at = min(at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout)
         return at
+
+    @property
+    def ack_deadline(self) -> float:
+        """When the ACK owed must go at the latest."""
+        return self._ack_since + MAX_ACK_DELAY
 
     def on_timer(self, now: float) -> list[tuple[int, int]]:
         """Loss and probe timeouts, path-MTU probe timers and reassembly expiry; returns the

@@ -97,6 +97,7 @@ def test_the_installed_package_is_the_one_under_test() -> None:
         "_window.pyi",
         "_receive.pyi",
         "_sendbatch.pyi",
+        "_congestion.pyi",
         "_fragment.pyi",
         "py.typed",
     ):
@@ -105,7 +106,7 @@ def test_the_installed_package_is_the_one_under_test() -> None:
     # Without P2PFAST_NO_EXTENSIONS: what the wheel provides is what gets used.
     use = _python("import p2pfast; print(int(p2pfast.USE_EXTENSIONS))")
     if EXPECT_EXTENSIONS == "1":
-        assert len(compiled) == 5, compiled
+        assert len(compiled) == 6, compiled
         assert use == "1"
     else:
         assert compiled == []
