@@ -31,7 +31,7 @@ from typing import Any
 
 from ._speedups import congestion, fragment
 from .errors import ProtocolError, WindowFull
-from .pmtu import PathMtu
+from .pmtu import MAX_UDP_PAYLOAD, PathMtu
 
 FRAGMENT_HEADER = fragment.FRAGMENT_HEADER
 KIND_FRAGMENT = fragment.KIND_FRAGMENT
@@ -51,8 +51,6 @@ MAX_ACK_DELAY = 0.005
 MAX_PTO_COUNT = 10
 #: Messages a sender may have started and not finished at once (and the receiver in progress).
 MAX_MESSAGES_AHEAD = 1024
-#: Message numbers completed above the contiguous floor that the receiver remembers.
-MAX_DONE_AHEAD = 4096
 #: Separate byte ranges one incomplete message may have.
 MAX_RANGES_PER_MESSAGE = 256
 #: Packet-number ranges the receiver keeps for its ACK frames.
@@ -120,14 +118,14 @@ class BulkConnection:
         self.memory = memory
         self.peer_limit = peer_limit
         self.reassembly_timeout = reassembly_timeout
+        #: ``max_datagram_size`` is the size known to work (RFC 8899's BASE_PLPMTU); probing
+        #: may raise it to the largest UDP payload, never lower it below.
         self.path = PathMtu(
-            base=min(1200, max_datagram_size),
-            maximum=max_datagram_size if pmtu_discovery else min(1200, max_datagram_size),
+            base=max_datagram_size,
+            maximum=MAX_UDP_PAYLOAD if pmtu_discovery else max_datagram_size,
             enabled=pmtu_discovery,
             now=now,
         )
-        if not pmtu_discovery:
-            self.path.current = max_datagram_size
         self.rtt = congestion.RttEstimator()
         self.cc = congestion.NewReno(self.path.current)
         self.pacer = congestion.Pacer(self.path.current)
@@ -499,15 +497,8 @@ class BulkConnection:
                 done.discard(below)
                 below += 1
             self._done_below = below
-        else:
+        else:  # numbers are taken below _done_below + MAX_MESSAGES_AHEAD only: bounded
             done.add(number)
-            if len(done) > MAX_DONE_AHEAD:  # forget the oldest: treat them as complete
-                oldest = min(done)
-                done.discard(oldest)
-                self._done_below = max(self._done_below, oldest + 1)
-                while self._done_below in done:
-                    done.discard(self._done_below)
-                    self._done_below += 1
 
     def _received_packet(self, packet: int, now: float) -> None:
         ranges = self._received
@@ -559,17 +550,19 @@ class BulkConnection:
                 self.credit_update_owed = True
 
     def ack_frame(self, now: float) -> bytes | None:
-        """The ACK frame owed (received packets and the current grant), or None."""
-        if not self.ack_owed and not self.credit_update_owed:
+        """The ACK frame owed: the received packet ranges (when fragments arrived since the
+        last one; newest first, so the last few ACKs' worth is repeated and one lost ACK costs
+        nothing) and the current grant; None when nothing is owed."""
+        owed = self.ack_owed
+        if not owed and not self.credit_update_owed:
             return None
-        delay = int((now - self._ack_since) * 1e6) if self.ack_owed else 0
+        delay = max(0, int((now - self._ack_since) * 1e6)) if owed else 0
         self.ack_owed = 0
         self._ack_since = _INF
         self.credit_update_owed = False
         self._announced = self.granted
-        return fragment.encode_ack(
-            self.granted, max(0, delay), [(first, last) for first, last in self._received]
-        )
+        ranges = [(first, last) for first, last in self._received] if owed else []
+        return fragment.encode_ack(self.granted, delay, ranges)
 
     def close(self) -> None:
         """The session ended: fail what is unsent, return the grant to the node's budget."""
