@@ -140,7 +140,7 @@ class BulkConnection:
         #: Cumulative totals of messages started, and the peer's grant (flow control).
         self.started_total = 0
         self.credit = 0
-        self._credit_requested_at = -_INF
+        self._credit_retry_at = -_INF
         self._last_sent = now
         self.pto_count = 0
         self._loss_at = _INF
@@ -166,6 +166,7 @@ class BulkConnection:
         self.released = 0
         self.granted = 0
         self._announced = 0
+        self._grant_after = -_INF
         self.credit_update_owed = False
 
         # -- counters (read by the node's statistics)
@@ -270,8 +271,8 @@ class BulkConnection:
     def _request_credit(self, now: float, out: list[bytes]) -> None:
         """Blocked by flow control: ask the peer for its current grant (at most once per
         probe timeout), in case an ACK carrying it was lost."""
-        if now - self._credit_requested_at >= self.rtt.pto(MAX_ACK_DELAY):
-            self._credit_requested_at = now
+        if now >= self._credit_retry_at:
+            self._credit_retry_at = now + self.rtt.pto(MAX_ACK_DELAY)
             out.append(fragment.encode_credit_request(self.credit))
 
     def on_ack(self, frame: bytes, now: float) -> None:
@@ -287,6 +288,7 @@ class BulkConnection:
         acked, sent_time = log.on_ack(ranges)
         if sent_time >= 0.0:
             self.rtt.update(now - sent_time, min(delay_us / 1e6, MAX_ACK_DELAY))
+            self.path.set_rtt(self.rtt.smoothed_rtt)
         cc = self.cc
         path = self.path
         for message, start, end, size, sent in acked:
@@ -381,7 +383,7 @@ class BulkConnection:
             at = min(at, pto, self._loss_at)
         if self._ready and not self.dead:
             if self._credit_blocked:
-                at = min(at, self._credit_requested_at + self.rtt.pto(MAX_ACK_DELAY))
+                at = min(at, self._credit_retry_at)
             at = min(at, self._pace_at)
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
@@ -412,10 +414,16 @@ class BulkConnection:
             else:
                 if self.pto_count == 3:
                     self.cc.on_persistent_congestion()
-                entry = log.pop_oldest()  # resend the oldest fragment as the probe
+                # Resend the oldest fragment as the probe, cut at the current size. Nothing
+                # was acknowledged for a probe timeout: for the path-MTU search that is a lost
+                # datagram (a black hole shows itself this way), for congestion control it is
+                # not (no acknowledgement told us anything).
+                entry = log.pop_oldest()
                 if entry is not None:
                     message, start, end, size, _sent = entry
                     self.cc.on_packet_discarded(size)
+                    self.path.on_packet_lost(size, now)
+                    self._resize()
                     self.fragments_retransmitted += 1
                     if message.number in self._outgoing:
                         self._resend(message, start, end)
@@ -429,7 +437,10 @@ class BulkConnection:
                     total = incoming.reassembly.total
                     expired.append((number, total))
                     self.refuse("reassembly_expired")
-                    self.release(total)
+                    # Its memory returns to the node, not to this peer: a peer that leaves
+                    # messages half-sent gets no new credit for a while (others may use it).
+                    self._grant_after = now + self.reassembly_timeout
+                    self.release(total, now)
         return expired
 
     def _fail_all(self, reason: str) -> None:
@@ -530,16 +541,19 @@ class BulkConnection:
                 merged.append(entry)
         self._received = merged
 
-    def release(self, total: int) -> None:
+    def release(self, total: int, now: float) -> None:
         """A delivered message (of ``total`` bytes) was consumed, or an incomplete one expired:
         its memory is free, and the peer may be granted more."""
         self.released += total
         self.memory.outstanding -= total
-        self.grant()
+        self.grant(now)
 
-    def grant(self) -> None:
+    def grant(self, now: float) -> None:
         """Raise the peer's credit to ``released + peer_limit`` as far as the node's memory
-        budget allows; an update is owed once the grant has grown by a quarter of the limit."""
+        budget allows (not while the peer is penalised for an expired message); an update is
+        owed once the grant has grown by a quarter of the limit."""
+        if now < self._grant_after:
+            return
         memory = self.memory
         target = self.released + self.peer_limit
         more = min(target - self.granted, memory.free)

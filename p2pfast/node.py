@@ -1551,7 +1551,7 @@ class Node:
                 conn.on_probe_ack(data, now)
             elif kind == fragment.KIND_CREDIT_REQUEST:
                 conn.on_credit_request(data)
-                conn.grant()
+                conn.grant(now)
                 self.bulk_acks[peer] = None
             else:
                 raise ProtocolError("unknown_frame", f"frame kind {kind}")
@@ -1610,7 +1610,7 @@ class Node:
     def _release(self, conn: BulkConnection, total: int) -> None:
         if conn.dead:
             return
-        conn.release(total)
+        conn.release(total, self._bulk_now)
         if conn.credit_update_owed:
             self.bulk_acks[conn.owner] = None
 
