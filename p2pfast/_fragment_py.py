@@ -388,7 +388,6 @@ class SentLog:
         order = self._order
         largest = self.largest_acked
         lost: list[tuple[Any, int, int, int, float]] = []
-        horizon = now - loss_delay
         while order:
             packet = order[0]
             entry = packets.get(packet)
@@ -397,7 +396,9 @@ class SentLog:
                 continue
             if packet >= largest:
                 return lost, float("inf")
-            if packet <= largest - threshold or entry[4] <= horizon:
+            # (sent + delay <= now, exactly the deadline returned below: no timer can fire
+            # at a time this test still finds early)
+            if packet <= largest - threshold or entry[4] + loss_delay <= now:
                 order.popleft()
                 del packets[packet]
                 lost.append(entry)

@@ -31,7 +31,7 @@ from typing import Any
 
 from ._speedups import congestion, fragment
 from .errors import ProtocolError, WindowFull
-from .pmtu import PathMtu
+from .pmtu import MAX_UDP_PAYLOAD, PathMtu
 
 FRAGMENT_HEADER = fragment.FRAGMENT_HEADER
 KIND_FRAGMENT = fragment.KIND_FRAGMENT
@@ -51,8 +51,6 @@ MAX_ACK_DELAY = 0.005
 MAX_PTO_COUNT = 10
 #: Messages a sender may have started and not finished at once (and the receiver in progress).
 MAX_MESSAGES_AHEAD = 1024
-#: Message numbers completed above the contiguous floor that the receiver remembers.
-MAX_DONE_AHEAD = 4096
 #: Separate byte ranges one incomplete message may have.
 MAX_RANGES_PER_MESSAGE = 256
 #: Packet-number ranges the receiver keeps for its ACK frames.
@@ -120,14 +118,14 @@ class BulkConnection:
         self.memory = memory
         self.peer_limit = peer_limit
         self.reassembly_timeout = reassembly_timeout
+        #: ``max_datagram_size`` is the size known to work (RFC 8899's BASE_PLPMTU); probing
+        #: may raise it to the largest UDP payload, never lower it below.
         self.path = PathMtu(
-            base=min(1200, max_datagram_size),
-            maximum=max_datagram_size if pmtu_discovery else min(1200, max_datagram_size),
+            base=max_datagram_size,
+            maximum=MAX_UDP_PAYLOAD if pmtu_discovery else max_datagram_size,
             enabled=pmtu_discovery,
             now=now,
         )
-        if not pmtu_discovery:
-            self.path.current = max_datagram_size
         self.rtt = congestion.RttEstimator()
         self.cc = congestion.NewReno(self.path.current)
         self.pacer = congestion.Pacer(self.path.current)
@@ -142,7 +140,7 @@ class BulkConnection:
         #: Cumulative totals of messages started, and the peer's grant (flow control).
         self.started_total = 0
         self.credit = 0
-        self._credit_requested_at = -_INF
+        self._credit_retry_at = -_INF
         self._last_sent = now
         self.pto_count = 0
         self._loss_at = _INF
@@ -168,6 +166,7 @@ class BulkConnection:
         self.released = 0
         self.granted = 0
         self._announced = 0
+        self._grant_after = -_INF
         self.credit_update_owed = False
 
         # -- counters (read by the node's statistics)
@@ -272,8 +271,8 @@ class BulkConnection:
     def _request_credit(self, now: float, out: list[bytes]) -> None:
         """Blocked by flow control: ask the peer for its current grant (at most once per
         probe timeout), in case an ACK carrying it was lost."""
-        if now - self._credit_requested_at >= self.rtt.pto(MAX_ACK_DELAY):
-            self._credit_requested_at = now
+        if now >= self._credit_retry_at:
+            self._credit_retry_at = now + self.rtt.pto(MAX_ACK_DELAY)
             out.append(fragment.encode_credit_request(self.credit))
 
     def on_ack(self, frame: bytes, now: float) -> None:
@@ -289,6 +288,7 @@ class BulkConnection:
         acked, sent_time = log.on_ack(ranges)
         if sent_time >= 0.0:
             self.rtt.update(now - sent_time, min(delay_us / 1e6, MAX_ACK_DELAY))
+            self.path.set_rtt(self.rtt.smoothed_rtt)
         cc = self.cc
         path = self.path
         for message, start, end, size, sent in acked:
@@ -383,7 +383,7 @@ class BulkConnection:
             at = min(at, pto, self._loss_at)
         if self._ready and not self.dead:
             if self._credit_blocked:
-                at = min(at, self._credit_requested_at + self.rtt.pto(MAX_ACK_DELAY))
+                at = min(at, self._credit_retry_at)
             at = min(at, self._pace_at)
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
@@ -414,10 +414,16 @@ class BulkConnection:
             else:
                 if self.pto_count == 3:
                     self.cc.on_persistent_congestion()
-                entry = log.pop_oldest()  # resend the oldest fragment as the probe
+                # Resend the oldest fragment as the probe, cut at the current size. Nothing
+                # was acknowledged for a probe timeout: for the path-MTU search that is a lost
+                # datagram (a black hole shows itself this way), for congestion control it is
+                # not (no acknowledgement told us anything).
+                entry = log.pop_oldest()
                 if entry is not None:
                     message, start, end, size, _sent = entry
                     self.cc.on_packet_discarded(size)
+                    self.path.on_packet_lost(size, now)
+                    self._resize()
                     self.fragments_retransmitted += 1
                     if message.number in self._outgoing:
                         self._resend(message, start, end)
@@ -431,7 +437,10 @@ class BulkConnection:
                     total = incoming.reassembly.total
                     expired.append((number, total))
                     self.refuse("reassembly_expired")
-                    self.release(total)
+                    # Its memory returns to the node, not to this peer: a peer that leaves
+                    # messages half-sent gets no new credit for a while (others may use it).
+                    self._grant_after = now + self.reassembly_timeout
+                    self.release(total, now)
         return expired
 
     def _fail_all(self, reason: str) -> None:
@@ -499,15 +508,8 @@ class BulkConnection:
                 done.discard(below)
                 below += 1
             self._done_below = below
-        else:
+        else:  # numbers are taken below _done_below + MAX_MESSAGES_AHEAD only: bounded
             done.add(number)
-            if len(done) > MAX_DONE_AHEAD:  # forget the oldest: treat them as complete
-                oldest = min(done)
-                done.discard(oldest)
-                self._done_below = max(self._done_below, oldest + 1)
-                while self._done_below in done:
-                    done.discard(self._done_below)
-                    self._done_below += 1
 
     def _received_packet(self, packet: int, now: float) -> None:
         ranges = self._received
@@ -539,16 +541,19 @@ class BulkConnection:
                 merged.append(entry)
         self._received = merged
 
-    def release(self, total: int) -> None:
+    def release(self, total: int, now: float) -> None:
         """A delivered message (of ``total`` bytes) was consumed, or an incomplete one expired:
         its memory is free, and the peer may be granted more."""
         self.released += total
         self.memory.outstanding -= total
-        self.grant()
+        self.grant(now)
 
-    def grant(self) -> None:
+    def grant(self, now: float) -> None:
         """Raise the peer's credit to ``released + peer_limit`` as far as the node's memory
-        budget allows; an update is owed once the grant has grown by a quarter of the limit."""
+        budget allows (not while the peer is penalised for an expired message); an update is
+        owed once the grant has grown by a quarter of the limit."""
+        if now < self._grant_after:
+            return
         memory = self.memory
         target = self.released + self.peer_limit
         more = min(target - self.granted, memory.free)
@@ -559,17 +564,19 @@ class BulkConnection:
                 self.credit_update_owed = True
 
     def ack_frame(self, now: float) -> bytes | None:
-        """The ACK frame owed (received packets and the current grant), or None."""
-        if not self.ack_owed and not self.credit_update_owed:
+        """The ACK frame owed: the received packet ranges (when fragments arrived since the
+        last one; newest first, so the last few ACKs' worth is repeated and one lost ACK costs
+        nothing) and the current grant; None when nothing is owed."""
+        owed = self.ack_owed
+        if not owed and not self.credit_update_owed:
             return None
-        delay = int((now - self._ack_since) * 1e6) if self.ack_owed else 0
+        delay = max(0, int((now - self._ack_since) * 1e6)) if owed else 0
         self.ack_owed = 0
         self._ack_since = _INF
         self.credit_update_owed = False
         self._announced = self.granted
-        return fragment.encode_ack(
-            self.granted, max(0, delay), [(first, last) for first, last in self._received]
-        )
+        ranges = [(first, last) for first, last in self._received] if owed else []
+        return fragment.encode_ack(self.granted, delay, ranges)
 
     def close(self) -> None:
         """The session ended: fail what is unsent, return the grant to the node's budget."""

@@ -80,7 +80,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     def flush(self) -> None:
         """Send what the node queued, hand over its events, and re-arm its timer."""
         node = self.node
-        if node.ack_peers:
+        if node.ack_peers or node.bulk_acks:
             node.flush_acks()
         out = node._out  # the node's own queue: read in place, then emptied
         if out:

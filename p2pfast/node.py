@@ -256,11 +256,7 @@ class Node:
         self._bulk_held: deque[tuple[Peer, bytes]] = deque()
         self._bulk_unconsumed: dict[int, tuple[BulkConnection, int]] = {}
         #: Messages larger than this go to a p2pfast peer as fragments until its path is probed.
-        self._bulk_threshold = (
-            min(1200, config.max_datagram_size)
-            if config.pmtu_discovery
-            else config.max_datagram_size
-        )
+        self._bulk_threshold = config.max_datagram_size
         #: The first stage of every datagram (compiled): see :mod:`p2pfast._receive_py`.
         self._receiver = receive.Receiver(
             self.peers_by_addr,
@@ -456,6 +452,10 @@ class Node:
         Like a QUIC ACK frame, the Ack also repeats the newest runs its duplicate filter has
         seen (up to ``MAX_ACK_RANGES`` ranges in all), so a lost Ack is made good by the next
         one instead of by a retransmission timeout."""
+        if self.bulk_acks:
+            self._flush_bulk_acks(self._bulk_now)
+        if not self.ack_peers:
+            return
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
@@ -476,8 +476,6 @@ class Node:
                 self._queue(data, peer, T_ACK)
             counters.acks_sent += len(set(owed))
         self.ack_peers.clear()  # shared with the receive path
-        if self.bulk_acks:
-            self._flush_bulk_acks(self._receiver.ack_now)
 
     def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
         """Serve an address with no session: HandshakeRequest, Ping, Disconnect, the reply to a
@@ -1553,7 +1551,7 @@ class Node:
                 conn.on_probe_ack(data, now)
             elif kind == fragment.KIND_CREDIT_REQUEST:
                 conn.on_credit_request(data)
-                conn.grant()
+                conn.grant(now)
                 self.bulk_acks[peer] = None
             else:
                 raise ProtocolError("unknown_frame", f"frame kind {kind}")
@@ -1612,7 +1610,7 @@ class Node:
     def _release(self, conn: BulkConnection, total: int) -> None:
         if conn.dead:
             return
-        conn.release(total)
+        conn.release(total, self._bulk_now)
         if conn.credit_update_owed:
             self.bulk_acks[conn.owner] = None
 
