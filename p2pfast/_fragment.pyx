@@ -818,7 +818,6 @@ cdef class SentLog:
         cdef list lost = []
         cdef int64_t largest = self.largest_acked
         cdef int64_t packet
-        cdef double horizon = now - loss_delay
         cdef double sent_time
         while self._front < self._next_packet:
             packet = self._front
@@ -828,7 +827,9 @@ cdef class SentLog:
             if packet >= largest:
                 return lost, _INF
             sent_time = self._times[packet & self._mask]
-            if threshold <= largest - packet or sent_time <= horizon:
+            # (sent + delay <= now, exactly the deadline returned below: no timer can fire
+            # at a time this test still finds early)
+            if threshold <= largest - packet or sent_time + loss_delay <= now:
                 self._front = packet + 1
                 lost.append(self._pop(packet))
                 self.work += 1
