@@ -244,11 +244,9 @@ def encode_ack(uint64_t credit, delay_us, ranges):
         delay = 0xFFFFFFFF
     else:
         delay = delay_us
-    if type(ranges) is not list:
-        ranges = list(ranges[:_MAX_RANGES])
+    # a private copy (as the pure twin slices): nothing run while unpacking can resize it
+    ranges = list(ranges[:_MAX_RANGES])
     count = PyList_GET_SIZE(ranges)
-    if count > _MAX_RANGES:
-        count = _MAX_RANGES
     frame = PyBytes_FromStringAndSize(NULL, _ACK_HEAD + count * _RANGE)
     out = _bytes_data(frame)
     out[0] = _MAGIC
@@ -387,7 +385,8 @@ cdef class RangeSet:
             raise MemoryError()
 
     def __init__(self):
-        pass
+        self._n = 0
+        self.covered = 0
 
     def __dealloc__(self):
         PyMem_Free(self._starts)
@@ -665,6 +664,7 @@ cdef class SentLog:
     def __init__(self, first_packet=0):
         if not 0 <= first_packet < _PACKET_LIMIT:
             raise ValueError("first_packet must be 0..2**62-1")
+        self.clear()  # (a second __init__ starts afresh, as the pure twin's does)
         self._next_packet = first_packet
         self._front = first_packet
         #: Largest packet number acknowledged so far (-1 before the first).

@@ -906,3 +906,34 @@ def test_parity_sentlog_random_walk(seed):
             assert c.clear() == p.clear()
         state = (len(c), c.next_packet, c.largest_acked, c.work)
         assert state == (len(p), p.next_packet, p.largest_acked, p.work), step
+
+
+def test_reinitialising_starts_afresh(frag):
+    log = _log_with(frag, 100)
+    log.on_ack([(50, 50)])
+    log.__init__(7)
+    assert (len(log), log.next_packet, log.largest_acked, log.work) == (0, 7, -1, 0)
+    assert log.oldest() is None and log.on_ack([(0, 200)]) == ([], -1.0)
+    assert log.sent("a", 0, 1, 1, 0.0) == 7 and log.oldest() == ("a", 0, 1, 1, 0.0)
+    s = frag.RangeSet()
+    s.add(0, 10)
+    s.__init__()
+    assert (s.ranges(), s.covered, s.count) == ([], 0, 0)
+    r = frag.Reassembly(10)
+    r.insert(0, b"abcdefghij", 0)
+    r.__init__(5)
+    assert (r.total, r.received, r.complete) == (5, 0, False)
+    assert r.insert(0, b"vwxyz", 0) == frag.ADDED and r.take() == b"vwxyz"
+
+
+def test_encode_ack_survives_ranges_that_change_while_read(frag):
+    ranges: list = []
+
+    class Sneaky:
+        def __iter__(self):
+            ranges.clear()  # the caller's list shrinks while it is being encoded
+            return iter((3, 4))
+
+    ranges.extend([(1, 2), Sneaky(), (5, 6), (7, 8)])
+    frame = frag.encode_ack(0, 0, ranges)
+    assert frag.parse_ack(frame)[2] == [(1, 2), (3, 4), (5, 6), (7, 8)]
