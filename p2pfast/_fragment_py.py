@@ -62,8 +62,7 @@ def encode_fragment(
 ) -> bytes:
     """A FRAGMENT frame carrying ``data[start:end]`` (the message's bytes ``offset`` onwards)."""
     return (
-        _FRAGMENT.pack(FRAME_MAGIC, KIND_FRAGMENT, packet, message, total, offset)
-        + data[start:end]
+        _FRAGMENT.pack(FRAME_MAGIC, KIND_FRAGMENT, packet, message, total, offset) + data[start:end]
     )
 
 
@@ -164,7 +163,7 @@ class RangeSet:
         return len(self._starts)
 
     def ranges(self) -> list[tuple[int, int]]:
-        return list(zip(self._starts, self._ends))
+        return list(zip(self._starts, self._ends, strict=True))
 
     def add(self, start: int, end: int) -> int:
         """Cover ``[start, end)``; return how many bytes were not covered before."""
@@ -328,6 +327,7 @@ class SentLog:
             hi = min(last, newest)
             if lo > hi:
                 continue
+            hits: list[int] | range
             if hi - lo + 1 > len(packets):  # a wide claim: walk what is outstanding instead
                 hits = [p for p in packets if lo <= p <= hi]
                 self.work += len(packets)

@@ -27,6 +27,7 @@ datagrams, completed messages and send outcomes.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import suppress
 from typing import Any
 
 from ._speedups import congestion, fragment
@@ -310,10 +311,8 @@ class BulkConnection:
         message.to_send.clear()
         if message.ready:
             message.ready = False
-            try:
+            with suppress(ValueError):
                 self._ready.remove(message)
-            except ValueError:
-                pass
         if message.handle is not None:
             self.completed.append(message.handle)
 
@@ -388,7 +387,9 @@ class BulkConnection:
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
         if self._incoming:
-            at = min(at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout)
+            at = min(
+                at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout
+            )
         return at
 
     @property

@@ -1153,7 +1153,8 @@ class Node:
             hop is not None
             and self.peers_by_id.get(hop.node_id) is hop
             and (
-                hop.window.holds(event.handle) or (hop.bulk is not None and hop.bulk.holds(event.handle))
+                hop.window.holds(event.handle)
+                or (hop.bulk is not None and hop.bulk.holds(event.handle))
             )
         ):
             self.deliveries.quiet.add(event.handle)
@@ -1464,7 +1465,9 @@ class Node:
         if peer.p2pfast:
             limit = peer.bulk.datagram_size if peer.bulk is not None else self._bulk_threshold
             if type(payload) is str and len(payload) > limit:
-                self._send_large(peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now)
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
                 return
         else:
             limit = MAX_DATAGRAM_SIZE
@@ -1489,7 +1492,9 @@ class Node:
             raise SendError(reason, exc.detail or exc.reason) from None
         if len(data) > limit:
             if peer.p2pfast:
-                self._send_large(peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now)
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
                 return
             raise SendError(
                 "too_large",
@@ -1525,7 +1530,7 @@ class Node:
             conn.owner = peer
         return conn
 
-    def _on_frame(self, data: bytes, addr: tuple, now: float) -> None:
+    def _on_frame(self, data: bytes, addr: Address, now: float) -> None:
         """A binary frame (0xF5 first): only from a p2pfast peer with a session; a bad one is
         counted and dropped, never answered with more than it is (no amplification)."""
         counters = self.counters
@@ -1746,9 +1751,7 @@ class Node:
             reason = "too_large" if exc.reason == "too_large" else "bad_payload"
             raise SendError(reason, exc.detail or exc.reason) from None
 
-    def _send_large(
-        self, peer: Peer, data: bytes, msg_id: str, reliable: bool, now: float
-    ) -> None:
+    def _send_large(self, peer: Peer, data: bytes, msg_id: str, reliable: bool, now: float) -> None:
         """Queue an encoded message too large for one datagram to ``peer`` as fragments."""
         conn = self._bulk(peer, now)
         try:

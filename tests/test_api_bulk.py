@@ -130,9 +130,7 @@ class SeedPeer(asyncio.DatagramProtocol):
 async def test_a_seed_peer_gets_whole_datagrams_and_too_large_beyond_one():
     async with P2PServer(config()) as server:
         loop = asyncio.get_running_loop()
-        transport, seed = await loop.create_datagram_endpoint(
-            SeedPeer, local_addr=("127.0.0.1", 0)
-        )
+        transport, seed = await loop.create_datagram_endpoint(SeedPeer, local_addr=("127.0.0.1", 0))
         try:
             request, info, _ = handshake("seed", network_id="bulk")
             transport.sendto(request, server.local_address)

@@ -434,5 +434,7 @@ def test_message_numbers_far_ahead_are_refused():
     a, b = pair(net)
     net.inject(fragment.encode_credit_request(0), a.local_addr, b.local_addr)
     far = MAX_MESSAGES_AHEAD + 5
-    net.inject(fragment.encode_fragment(1, far, 100, 0, b"x" * 100, 0, 100), a.local_addr, b.local_addr)
+    net.inject(
+        fragment.encode_fragment(1, far, 100, 0, b"x" * 100, 0, 100), a.local_addr, b.local_addr
+    )
     assert b.counters.rejected.get("message_too_far_ahead") == 1
