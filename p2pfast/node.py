@@ -258,6 +258,9 @@ class Node:
         self._bulk_active: dict[Peer, None] = {}
         self.bulk_acks: dict[Peer, None] = {}
         self._bulk_held: deque[tuple[Peer, bytes]] = deque()
+        #: Path-MTU probes to send with IP fragmentation forbidden (an I/O shell that cannot
+        #: sends them as ordinary datagrams; :meth:`datagrams_to_send` includes them).
+        self.probes: list[tuple[bytes, Address]] = []
         self._bulk_unconsumed: dict[int, tuple[BulkConnection, int]] = {}
         #: Messages larger than this go to a p2pfast peer as fragments until its path is probed.
         self._bulk_threshold = config.max_datagram_size
@@ -376,6 +379,9 @@ class Node:
             self.flush_acks()
         out = self._out[:]  # the list itself is shared with the receive path: keep it
         self._out.clear()
+        if self.probes:
+            out.extend(self.probes)
+            self.probes.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -1650,6 +1656,14 @@ class Node:
         self._bulk_active.pop(peer, None)
         self.bulk_acks.pop(peer, None)
 
+    def probe_refused(self, data: bytes, addr: Address, now: float) -> None:
+        """The I/O shell could not send a probe: the local stack refused its size (EMSGSIZE)."""
+        peer = self.peers_by_addr.get(addr)
+        if peer is None or peer.bulk is None:
+            return
+        peer.bulk.on_probe_refused(len(data), now)
+        self._bulk_step(peer, peer.bulk, now)
+
     def _bulk_ack(self, peer: Peer, conn: BulkConnection, now: float) -> None:
         frame = conn.ack_frame(now)
         if frame is not None:
@@ -1677,8 +1691,16 @@ class Node:
     def _bulk_step(self, peer: Peer, conn: BulkConnection, now: float) -> None:
         """After anything happened to a transfer: send what is due, report outcomes, re-arm."""
         out: list[bytes] = []
+        probes: list[bytes] = []
         sent = conn.fragments_sent
-        conn.transmit(now, out)
+        conn.transmit(now, out, probes)
+        for probe in probes:
+            if peer.proven:
+                self.probes.append((probe, peer.addr))
+                self.counters.bytes_out += len(probe)
+                self.counters.frames_out += 1
+            else:  # an unproven address gets a probe only within its budget
+                self._queue_frame(probe, peer)
         counters = self.counters
         counters.fragments_sent += conn.fragments_sent - sent
         addr = peer.addr
