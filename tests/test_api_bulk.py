@@ -9,6 +9,8 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
+import sys
 
 import pytest
 
@@ -276,3 +278,40 @@ async def test_a_send_to_a_vanished_peer_fails_instead_of_hanging():
         await server.stop()
         with pytest.raises((SendError, P2PTimeout)):
             await client.send(server_id, blob(MiB // 2, 5), timeout=90)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _ipv6_loopback(), reason="Linux, IPv6 loopback"
+)
+@on_uvloop
+async def test_probes_leave_unfragmented_and_a_refused_size_settles_the_search_at_once():
+    """The client's socket is limited to a 1,280-byte IPv6 MTU (IPV6_MTU): probes above 1,232
+    bytes of payload must be refused by the local stack (fragmentation forbidden), not sent as
+    IP fragments, and the search must settle on 1,232 without waiting for probe timeouts."""
+    ipv6 = dict(listen_address="[::1]:0")
+    async with P2PServer(config(**ipv6)) as server, P2PServer(config(**ipv6)) as client:
+        sock = client._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.IPPROTO_IPV6, 24, 1280)  # IPV6_MTU
+        reader = asyncio.ensure_future(collect(server, 1))
+        await client.connect_to_peer(server.local_address)
+        payload = blob(300_000, 9)
+        await client.send(server.node_id, payload, timeout=30)
+        assert await reader == [payload]
+        conn = client.node.peers_by_id[server.node_id].bulk
+        assert conn is not None
+        for _ in range(100):
+            if conn.path.state == "search_complete":
+                break
+            await asyncio.sleep(0.02)
+        assert conn.path.state == "search_complete"
+        assert conn.datagram_size == 1232
+        assert conn.path.probes_failed >= 1
