@@ -1,6 +1,9 @@
-"""Types of the compiled congestion control (``_congestion.pyx``); twin: ``congestion``."""
+"""Types of the compiled congestion control (``_congestion.pyx``); twin: ``congestion``.
 
-from typing_extensions import disjoint_base
+The classes are final (``_congestion.pxd``: Cython callers get direct C calls).
+"""
+
+from typing import final
 
 K_INITIAL_WINDOW_PACKETS: int
 K_INITIAL_WINDOW_BYTES: int
@@ -13,7 +16,7 @@ K_PACING_GAIN: float
 K_MAX_UDP_PAYLOAD: int
 INFINITE_SSTHRESH: int
 
-@disjoint_base
+@final
 class RttEstimator:
     latest_rtt: float
     min_rtt: float
@@ -26,7 +29,7 @@ class RttEstimator:
     def loss_delay(self) -> float: ...
     def persistent_congestion_duration(self, max_ack_delay: float) -> float: ...
 
-@disjoint_base
+@final
 class NewReno:
     max_datagram_size: int
     congestion_window: int
@@ -48,7 +51,7 @@ class NewReno:
     def on_persistent_congestion(self) -> None: ...
     def on_packet_discarded(self, size: int) -> None: ...
 
-@disjoint_base
+@final
 class Pacer:
     max_datagram_size: int
     pacing_rate: float

@@ -23,6 +23,8 @@ window keeps working and the caller's bookkeeping error stays visible.
 
 from __future__ import annotations
 
+from typing import final
+
 #: Initial window, in datagrams (RFC 9002 §7.2), capped by :data:`K_INITIAL_WINDOW_BYTES`.
 K_INITIAL_WINDOW_PACKETS = 10
 #: The initial window's byte cap (RFC 9002 §7.2: min(10 * mds, max(14720, 2 * mds))).
@@ -65,6 +67,7 @@ def _negative_size(size: int) -> ValueError:
     return ValueError(f"size must be >= 0, got {size}")
 
 
+@final
 class RttEstimator:
     """Round-trip time estimate of one path (RFC 9002 §5).
 
@@ -136,6 +139,7 @@ class RttEstimator:
         return self.pto(max_ack_delay) * K_PERSISTENT_CONGESTION_THRESHOLD
 
 
+@final
 class NewReno:
     """NewReno congestion window in bytes (RFC 9002 §7 and Appendix B; aioquic's ``reno``).
 
@@ -262,6 +266,7 @@ class NewReno:
         self._remove_in_flight(size)
 
 
+@final
 class Pacer:
     """Token bucket that spreads sends at K_PACING_GAIN * cwnd / srtt (RFC 9002 §7.7).
 
