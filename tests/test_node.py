@@ -908,7 +908,7 @@ def test_join_broadcast_is_one_bounded_datagram_per_peer():
 
 
 def test_coalesced_ack_ranges_respect_the_length_bound_and_count_once():
-    from p2pfast.node import MAX_ACK_RANGE_LEN
+    from p2pfast.reliability import MAX_ACK_RANGE_LEN
 
     server, client, server_id, _ = pair(send_window=1024, duplicate_window=8192)
     server.app_attached = True

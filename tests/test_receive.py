@@ -301,6 +301,18 @@ def test_counters_are_twins(twin):
     assert all(getattr(c, name) >= 0 for name in twin.receive.COUNTER_FIELDS)
 
 
+def test_counter_fields_are_every_scalar_counter_in_the_same_order_in_both_twins():
+    """COUNTER_FIELDS orders the stats snapshot: the pure twin lists every scalar counter of its
+    Counters (nothing derived from the order of ``__slots__``, which the formatter sorts), in
+    the compiled twin's order."""
+    py = _load("_receive", "py")
+    scalars = set(py.Counters.__slots__) - {"rx_by_type", "tx_by_type", "rejected"}
+    assert len(py.COUNTER_FIELDS) == len(scalars) and set(py.COUNTER_FIELDS) == scalars
+    assert py.COUNTER_FIELDS[:3] == ("malformed", "bytes_in", "bytes_out")
+    if not NO_EXTENSIONS:
+        assert py.COUNTER_FIELDS == _load("_receive", "c").COUNTER_FIELDS
+
+
 # -- Both twins, same answers -------------------------------------------------------------
 
 SENDERS = [PLAIN, FAST, STRANGER]
