@@ -222,7 +222,10 @@ cdef class NewReno:
             self._acked_stash = 0
 
     cpdef void on_persistent_congestion(self) noexcept:
-        """Collapse to the minimum window and end the recovery episode (RFC 9002 §7.6.2)."""
+        """Collapse to the minimum window and end the recovery episode (RFC 9002 §7.6.2); sets
+        ssthresh as a loss would if no loss episode came before."""
+        if self.ssthresh == _INFINITE_SSTHRESH:
+            self.ssthresh = <int64_t>(<double>self.congestion_window * _LOSS_REDUCTION_FACTOR)
         self.congestion_window = _MINIMUM_WINDOW_PACKETS * self.max_datagram_size
         self.recovery_start = -_INF
         self._acked_stash = 0

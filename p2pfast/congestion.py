@@ -255,7 +255,12 @@ class NewReno:
         """The lost packets span more than the persistent-congestion duration (RFC 9002 §7.6.2):
         the window collapses to the minimum window and the recovery episode ends, so the next
         loss of a packet sent from now on reduces again. Call it after :meth:`on_packets_lost`
-        for the same losses (which set ssthresh)."""
+        for the same losses (which set ssthresh). Called without any loss episode before (a
+        sender that declares it after consecutive probe timeouts), it also sets ssthresh as a
+        loss would, so slow start stops at half the window that overflowed the path instead of
+        growing without limit again."""
+        if self.ssthresh == INFINITE_SSTHRESH:
+            self.ssthresh = int(self.congestion_window * K_LOSS_REDUCTION_FACTOR)
         self.congestion_window = K_MINIMUM_WINDOW_PACKETS * self.max_datagram_size
         self.recovery_start = -_INF
         self._acked_stash = 0

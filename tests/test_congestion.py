@@ -334,6 +334,23 @@ def test_reno_persistent_congestion(cc):
     assert r.congestion_window == 2 * MDS  # max(4 mds / 2, minimum)
 
 
+def test_reno_persistent_congestion_without_a_loss_episode(cc):
+    # A sender that declares it after consecutive probe timeouts, no loss reported before:
+    # slow start must stop at half the window that overflowed, not grow without limit again.
+    r = cc.NewReno(MDS)
+    _round_trip(r, 10, 0.0)
+    assert r.congestion_window == 24000 and r.ssthresh == cc.INFINITE_SSTHRESH
+    r.on_persistent_congestion()
+    assert (r.congestion_window, r.ssthresh) == (2 * MDS, 12000)
+    t = 1.0
+    while r.congestion_window < 12000:
+        _round_trip(r, r.congestion_window // MDS, t)
+        t += 0.1
+    assert r.congestion_window == 12000  # 2400, 4800, 9600, then avoidance from 12000 on
+    r.on_persistent_congestion()  # a second time: ssthresh already set, kept
+    assert (r.congestion_window, r.ssthresh) == (2 * MDS, 12000)
+
+
 def test_reno_minimum_window_floor(cc):
     r = cc.NewReno(MDS)
     for i in range(30):
