@@ -38,7 +38,9 @@ cdef class NewReno:
     cpdef void set_max_datagram_size(self, int64_t size) except *
     cpdef int64_t available(self) noexcept
     cpdef void on_packet_sent(self, int64_t size) except *
-    cpdef void on_packet_acked(self, int64_t size, double sent_time) except *
+    cpdef void on_packet_acked(
+        self, int64_t size, double sent_time, bint app_limited=*
+    ) except *
     cpdef void on_packets_lost(
         self, int64_t lost_bytes, double largest_lost_sent_time, double now
     ) except *

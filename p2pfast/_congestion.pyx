@@ -191,11 +191,15 @@ cdef class NewReno:
             self.bytes_in_flight -= size
         return 0
 
-    cpdef void on_packet_acked(self, int64_t size, double sent_time) except *:
-        """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3)."""
+    cpdef void on_packet_acked(
+        self, int64_t size, double sent_time, bint app_limited=False
+    ) except *:
+        """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3);
+        ``app_limited``: sent while the sender had less to send than the window allowed, so it
+        does not grow the window (§7.8)."""
         cdef int64_t stash, count
         self._remove_in_flight(size)
-        if sent_time <= self.recovery_start:
+        if app_limited or sent_time <= self.recovery_start:
             return
         if self.congestion_window < self.ssthresh:
             self.congestion_window += size

@@ -215,14 +215,20 @@ class NewReno:
         else:
             self.bytes_in_flight -= size
 
-    def on_packet_acked(self, size: int, sent_time: float) -> None:
+    def on_packet_acked(self, size: int, sent_time: float, app_limited: bool = False) -> None:
         """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3).
 
         Packets sent at or before ``recovery_start`` do not grow the window. Otherwise slow start
         adds ``size``; congestion avoidance adds one max_datagram_size per congestion_window of
-        acknowledged bytes, counted exactly (aioquic's byte stash)."""
+        acknowledged bytes, counted exactly (aioquic's byte stash).
+
+        ``app_limited``: the packet was sent while the sender had less to send than the window
+        allowed (an empty queue, no flow-control credit): its acknowledgement proves nothing
+        about a larger window, so it does not grow it (RFC 9002 §7.8). Without this a sender
+        held back by a slow receiver would grow its window without limit on every ack and then
+        release it all at once when the credit comes."""
         self._remove_in_flight(size)
-        if sent_time <= self.recovery_start:
+        if app_limited or sent_time <= self.recovery_start:
             return
         if self.congestion_window < self.ssthresh:
             self.congestion_window += size

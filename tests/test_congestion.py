@@ -313,6 +313,26 @@ def test_reno_one_datagram_per_window_of_acks(cc):
     assert 6000 + 15 * MDS <= r.congestion_window <= 6000 + 20 * MDS
 
 
+def test_reno_app_limited_acks_do_not_grow_the_window(cc):
+    r = cc.NewReno(MDS)
+    for _ in range(4):  # a sender with little to send (or no credit): the window is not used
+        r.on_packet_sent(MDS)
+    for _ in range(4):
+        r.on_packet_acked(MDS, 1.0, True)
+    assert (r.congestion_window, r.bytes_in_flight) == (12000, 0)
+    r.on_packet_sent(MDS)
+    r.on_packet_acked(MDS, 1.0, app_limited=False)
+    assert r.congestion_window == 13200
+    r.on_packet_sent(MDS)
+    r.on_packets_lost(MDS, 1.0, 2.0)
+    r.on_packet_sent(r.congestion_window)
+    r.on_packet_acked(r.congestion_window, 3.0, app_limited=True)  # avoidance: no stash either
+    r.on_packet_sent(r.congestion_window - 1)
+    r.on_packet_acked(r.congestion_window - 1, 3.0)
+    assert r.congestion_window == 6600
+    assert r.bytes_in_flight == 0
+
+
 def test_reno_persistent_congestion(cc):
     r = cc.NewReno(MDS)
     _round_trip(r, 10, 0.0)
@@ -554,7 +574,7 @@ def test_pacer_never_exceeds_rate_times_elapsed_plus_burst(cc, cwnd, srtt, polls
 _reno_ops = st.lists(
     st.one_of(
         st.tuples(st.just("send"), st.integers(0, 3 * MDS)),
-        st.tuples(st.just("ack"), st.integers(0, 3 * MDS), st.floats(0, 100)),
+        st.tuples(st.just("ack"), st.integers(0, 3 * MDS), st.floats(0, 100), st.booleans()),
         st.tuples(st.just("lost"), st.integers(0, 20 * MDS), st.floats(0, 100)),
         st.tuples(st.just("discard"), st.integers(0, 3 * MDS)),
         st.tuples(st.just("persistent")),
@@ -569,7 +589,7 @@ def _apply_reno(r: Any, op: tuple[Any, ...], now: float) -> None:
     if kind == "send":
         r.on_packet_sent(op[1])
     elif kind == "ack":
-        r.on_packet_acked(op[1], op[2])
+        r.on_packet_acked(op[1], op[2], op[3])
     elif kind == "lost":
         r.on_packets_lost(op[1], op[2], now)
     elif kind == "discard":
