@@ -1,6 +1,6 @@
 """Types of the compiled batched output (``_sendbatch.pyx``); twin: ``_sendbatch_py``."""
 
-from typing import final
+from typing import Any, final
 
 BATCH: int
 
@@ -11,4 +11,4 @@ class BatchSender:
     syscalls: int
     def __init__(self, fd: int, family: int) -> None: ...
     def close(self) -> None: ...
-    def send(self, items: list[tuple[bytes, tuple[object, ...]]], start: int = 0) -> int: ...
+    def send(self, items: list[tuple[bytes, tuple[Any, ...]]], start: int = 0) -> int: ...

@@ -12,8 +12,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._speedups import sendbatch
+from .addr import Address
 from .node import Node
 
 log = logging.getLogger("p2pfast")
@@ -22,6 +24,15 @@ _INF = float("inf")
 # time.monotonic, not loop.time(): uvloop's clock is cached per loop iteration at 1 ms
 # resolution, too coarse for RTT samples.
 _monotonic = time.monotonic
+
+if TYPE_CHECKING:
+
+    class _DatagramTransport(asyncio.DatagramTransport):
+        """The transport as the endpoint uses it: every datagram transport of asyncio
+        (selector and proactor) and uvloop has ``get_write_buffer_size``; typeshed's
+        DatagramTransport leaves it out."""
+
+        def get_write_buffer_size(self) -> int: ...
 
 
 class NodeEndpoint(asyncio.DatagramProtocol):
@@ -32,7 +43,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self._receive = node.receive_datagram
         self._on_events = on_events
         self._loop = asyncio.get_running_loop()
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: _DatagramTransport | None = None
         self._batch: sendbatch.BatchSender | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
@@ -47,13 +58,16 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as any transport; a datagram endpoint gets a datagram one
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._batch = sendbatch.BatchSender(sock.fileno(), sock.family)
         self.flush()
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(
+        self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]
+    ) -> None:
         if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id) -> (host, port)
             addr = addr[:2]
         self._receive(data, addr, _monotonic())
@@ -96,7 +110,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self._flush_scheduled = False
         self.flush()
 
-    def _send(self, out: list[tuple[bytes, tuple]]) -> None:
+    def _send(self, out: list[tuple[bytes, Address]]) -> None:
         """Batched writes while the transport has nothing buffered; the transport takes the
         rest (a full socket buffer: it queues them in order) and any address it must resolve."""
         transport = self.transport
@@ -113,7 +127,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
             self._sendto(transport, *out[i])
             i += 1
 
-    def _sendto(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple) -> None:
+    def _sendto(self, transport: asyncio.DatagramTransport, data: bytes, addr: Address) -> None:
         try:
             transport.sendto(data, addr)
         except (OSError, ValueError) as exc:  # e.g. an IPv6 peer on an IPv4 socket

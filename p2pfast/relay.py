@@ -9,8 +9,11 @@ be repeated. Used by the test suite and by ``bench/lossy_transfer.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
+
+from .addr import Address
 
 
 class LossyRelay(asyncio.DatagramProtocol):
@@ -26,24 +29,25 @@ class LossyRelay(asyncio.DatagramProtocol):
     hold = 0.005
 
     def __init__(
-        self, target: tuple, *, loss: float, duplicate: float, reorder: float, seed: int
+        self, target: Address, *, loss: float, duplicate: float, reorder: float, seed: int
     ) -> None:
         self.target = target
         self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
         self.rng = random.Random(seed)
-        self.client: tuple | None = None
+        self.client: Address | None = None
         self.front: asyncio.DatagramTransport | None = None
         self.back: asyncio.DatagramTransport | None = None
         self.forwarded = self.dropped = self.duplicated = self.reordered = 0
-        self._held: list[tuple[asyncio.DatagramTransport, bytes, tuple]] = []
+        self._held: list[tuple[asyncio.DatagramTransport, bytes, Address]] = []
 
-    async def start(self) -> tuple:
+    async def start(self) -> Address:
         loop = asyncio.get_running_loop()
         relay = self
 
         class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple) -> None:
+            def datagram_received(self, data: bytes, addr: Address) -> None:
                 if relay.client is not None:
+                    # a client is known only once front received from it: front is set
                     relay._forward(relay.front, data, relay.client)  # type: ignore[arg-type]
 
         self.front, _ = await loop.create_datagram_endpoint(
@@ -53,18 +57,19 @@ class LossyRelay(asyncio.DatagramProtocol):
         for transport in (self.front, self.back):
             sock = transport.get_extra_info("socket")
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
+                # the kernel caps an oversized request rather than refusing it: never fatal
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
-                except OSError:  # pragma: no cover - capped by the kernel, not refused
-                    pass
-        self.addr = self.front.get_extra_info("sockname")[:2]
+        host, port = self.front.get_extra_info("sockname")[:2]
+        self.addr: Address = (host, port)
         return self.addr
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self.client = addr
+        # clients learn relay.addr from start(), which returns once back is set too
         self._forward(self.back, data, self.target)  # type: ignore[arg-type]
 
-    def _forward(self, transport: asyncio.DatagramTransport, data: bytes, to: tuple) -> None:
+    def _forward(self, transport: asyncio.DatagramTransport, data: bytes, to: Address) -> None:
         rng = self.rng
         if rng.random() < self.loss:
             self.dropped += 1

@@ -468,8 +468,7 @@ def test_full_socket_buffer_contract(sendbatch, socks):
 
 
 def _mixed_items(p4: int) -> list:
-    good = lambda k: (b"m-%03d" % k, (V4, p4))
-    items = [good(k) for k in range(150)]
+    items = [(b"m-%03d" % k, (V4, p4)) for k in range(150)]
     bad = {
         0: (b"BAD", ("localhost", p4)),
         1: (b"BAD", (V6, p4)),
@@ -519,7 +518,7 @@ def test_twins_agree_on_random_mixes(socks):
         pytest.skip("compiled extensions disabled by P2PFAST_NO_EXTENSIONS")
     receiver = socks.receiver()
     port = receiver.getsockname()[1]
-    makers = list(BAD_ITEMS.values()) + [lambda p: (b"B" * 70_000, (V4, p))]
+    makers = [*BAD_ITEMS.values(), lambda p: (b"B" * 70_000, (V4, p))]
     c_mod, py_mod = _load("_sendbatch", "c"), _load("_sendbatch", "py")
     for seed in range(5):
         rng = random.Random(seed)
@@ -535,7 +534,8 @@ def test_twins_agree_on_random_mixes(socks):
 
 @pytest.mark.parametrize("start", [-1, -3, 3])
 def test_start_outside_the_list_is_refused(sendbatch, socks, start):
-    """``items[start:]`` for a start outside 0..len(items) is a caller bug: ValueError, nothing sent."""
+    """``items[start:]`` for a start outside 0..len(items) is a caller bug: ValueError, nothing
+    sent."""
     sock, receiver = socks.sender_socket(), socks.receiver()
     sender = socks.batch(sendbatch, sock)
     items = [(b"a", receiver.getsockname()), (b"b", receiver.getsockname())]

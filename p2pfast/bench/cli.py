@@ -27,22 +27,23 @@ from .run import HANDSHAKE_CONCURRENCY, LOSS_TIMEOUT, WARMUP, Progress, RunSpec,
 
 def raise_nofile(needed: int) -> None:
     """One socket per peer: raise the soft RLIMIT_NOFILE to ``needed`` (within the hard one)."""
-    try:
+    if sys.platform == "win32":  # pragma: no cover - no such limit to raise
+        return
+    else:  # (an else, so that type checkers for Windows skip it)
         import resource
-    except ImportError:  # pragma: no cover - Windows: no such limit to raise
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if needed <= soft:
-        return
-    new = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        raise BenchError(
-            f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers"
-        )
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    except (ValueError, OSError) as exc:
-        raise BenchError(f"cannot raise RLIMIT_NOFILE to {new}: {exc}") from None
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if needed <= soft:
+            return
+        new = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+        if hard != resource.RLIM_INFINITY and needed > hard:
+            raise BenchError(
+                f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers"
+            )
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError) as exc:
+            raise BenchError(f"cannot raise RLIMIT_NOFILE to {new}: {exc}") from None
 
 
 def _parse_target(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
