@@ -1,6 +1,9 @@
-"""Types of the compiled congestion control (``_congestion.pyx``); twin: ``congestion``."""
+"""Types of the compiled congestion control (``_congestion.pyx``); twin: ``congestion``.
 
-from typing_extensions import disjoint_base
+The classes are final (``_congestion.pxd``: Cython callers get direct C calls).
+"""
+
+from typing import final
 
 K_INITIAL_WINDOW_PACKETS: int
 K_INITIAL_WINDOW_BYTES: int
@@ -13,7 +16,7 @@ K_PACING_GAIN: float
 K_MAX_UDP_PAYLOAD: int
 INFINITE_SSTHRESH: int
 
-@disjoint_base
+@final
 class RttEstimator:
     latest_rtt: float
     min_rtt: float
@@ -26,7 +29,7 @@ class RttEstimator:
     def loss_delay(self) -> float: ...
     def persistent_congestion_duration(self, max_ack_delay: float) -> float: ...
 
-@disjoint_base
+@final
 class NewReno:
     max_datagram_size: int
     congestion_window: int
@@ -41,14 +44,14 @@ class NewReno:
     def set_max_datagram_size(self, size: int) -> None: ...
     def available(self) -> int: ...
     def on_packet_sent(self, size: int) -> None: ...
-    def on_packet_acked(self, size: int, sent_time: float) -> None: ...
+    def on_packet_acked(self, size: int, sent_time: float, app_limited: bool = False) -> None: ...
     def on_packets_lost(
         self, lost_bytes: int, largest_lost_sent_time: float, now: float
     ) -> None: ...
     def on_persistent_congestion(self) -> None: ...
     def on_packet_discarded(self, size: int) -> None: ...
 
-@disjoint_base
+@final
 class Pacer:
     max_datagram_size: int
     pacing_rate: float

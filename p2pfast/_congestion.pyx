@@ -11,6 +11,7 @@ non-integer size ``TypeError``, where the pure twin would accept a float); times
 (ints are accepted and read back as floats).
 """
 
+cimport cython
 from libc.stdint cimport int64_t
 
 cdef extern from *:
@@ -69,6 +70,7 @@ cdef object _negative_size(int64_t size):
     return ValueError(f"size must be >= 0, got {size}")
 
 
+@cython.final
 cdef class RttEstimator:
     """Round-trip time estimate of one path (RFC 9002 §5).
 
@@ -76,11 +78,6 @@ cdef class RttEstimator:
     ``latest_rtt`` and ``min_rtt`` are 0.0 and ``has_sample`` is False.
     """
 
-    cdef public double latest_rtt
-    cdef public double min_rtt
-    cdef public double smoothed_rtt
-    cdef public double rttvar
-    cdef public bint has_sample
 
     def __init__(self, double initial_rtt=INITIAL_RTT):
         if not 0.0 < initial_rtt < _INF:
@@ -91,7 +88,7 @@ cdef class RttEstimator:
         self.rttvar = initial_rtt / 2
         self.has_sample = False
 
-    def update(self, double latest_rtt, double ack_delay):
+    cpdef void update(self, double latest_rtt, double ack_delay) except *:
         """Take one sample (RFC 9002 §5.3); see the pure twin."""
         cdef double adjusted_rtt, diff
         if not 0.0 <= latest_rtt < _INF:
@@ -116,17 +113,14 @@ cdef class RttEstimator:
         self.rttvar = p2p_cc_wsum(0.75, self.rttvar, 0.25, diff)
         self.smoothed_rtt = p2p_cc_wsum(0.875, self.smoothed_rtt, 0.125, adjusted_rtt)
 
-    cdef inline double _pto(self, double max_ack_delay):
+    cpdef double pto(self, double max_ack_delay) noexcept:
+        """Probe timeout (RFC 9002 §6.2.1): srtt + max(4 * rttvar, granularity) + max_ack_delay."""
         cdef double variance = 4 * self.rttvar
         if variance < _GRANULARITY:
             variance = _GRANULARITY
         return (self.smoothed_rtt + variance) + max_ack_delay
 
-    def pto(self, double max_ack_delay):
-        """Probe timeout (RFC 9002 §6.2.1): srtt + max(4 * rttvar, granularity) + max_ack_delay."""
-        return self._pto(max_ack_delay)
-
-    def loss_delay(self):
+    cpdef double loss_delay(self) noexcept:
         """Time threshold of loss detection (RFC 9002 §6.1.2)."""
         cdef double rtt = self.smoothed_rtt
         cdef double delay
@@ -137,22 +131,15 @@ cdef class RttEstimator:
             delay = _GRANULARITY
         return delay
 
-    def persistent_congestion_duration(self, double max_ack_delay):
+    cpdef double persistent_congestion_duration(self, double max_ack_delay) noexcept:
         """pto * K_PERSISTENT_CONGESTION_THRESHOLD (RFC 9002 §7.6.1)."""
-        return self._pto(max_ack_delay) * _PERSISTENT_CONGESTION_THRESHOLD
+        return self.pto(max_ack_delay) * _PERSISTENT_CONGESTION_THRESHOLD
 
 
+@cython.final
 cdef class NewReno:
     """NewReno congestion window in bytes (RFC 9002 §7 and Appendix B); see the pure twin."""
 
-    cdef public int64_t max_datagram_size
-    cdef public int64_t congestion_window
-    cdef public int64_t ssthresh
-    cdef public int64_t bytes_in_flight
-    cdef public double recovery_start
-    cdef public int64_t congestion_events
-    cdef public int64_t in_flight_underflows
-    cdef int64_t _acked_stash
 
     def __init__(self, int64_t max_datagram_size):
         cdef int64_t initial
@@ -175,7 +162,7 @@ cdef class NewReno:
         """The smallest window: K_MINIMUM_WINDOW_PACKETS datagrams."""
         return _MINIMUM_WINDOW_PACKETS * self.max_datagram_size
 
-    def set_max_datagram_size(self, int64_t size):
+    cpdef void set_max_datagram_size(self, int64_t size) except *:
         """The path's datagram size changed; the window is kept, raised to the new minimum."""
         cdef int64_t minimum
         self.max_datagram_size = _check_datagram_size(size)
@@ -183,18 +170,18 @@ cdef class NewReno:
         if self.congestion_window < minimum:
             self.congestion_window = minimum
 
-    def available(self):
+    cpdef int64_t available(self) noexcept:
         """Bytes that may be sent now: max(0, congestion_window - bytes_in_flight)."""
         cdef int64_t room = self.congestion_window - self.bytes_in_flight
         return room if room > 0 else 0
 
-    def on_packet_sent(self, int64_t size):
+    cpdef void on_packet_sent(self, int64_t size) except *:
         """A datagram of ``size`` bytes left (counted in flight until acked, lost or discarded)."""
         if size < 0:
             raise _negative_size(size)
         self.bytes_in_flight += size
 
-    cdef inline int _remove_in_flight(self, int64_t size) except -1:
+    cdef int _remove_in_flight(self, int64_t size) except -1:
         if size < 0:
             raise _negative_size(size)
         if size > self.bytes_in_flight:
@@ -204,11 +191,15 @@ cdef class NewReno:
             self.bytes_in_flight -= size
         return 0
 
-    def on_packet_acked(self, int64_t size, double sent_time):
-        """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3)."""
+    cpdef void on_packet_acked(
+        self, int64_t size, double sent_time, bint app_limited=False
+    ) except *:
+        """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3);
+        ``app_limited``: sent while the sender had less to send than the window allowed, so it
+        does not grow the window (§7.8)."""
         cdef int64_t stash, count
         self._remove_in_flight(size)
-        if sent_time <= self.recovery_start:
+        if app_limited or sent_time <= self.recovery_start:
             return
         if self.congestion_window < self.ssthresh:
             self.congestion_window += size
@@ -220,7 +211,9 @@ cdef class NewReno:
             self.congestion_window += count * self.max_datagram_size
         self._acked_stash = stash
 
-    def on_packets_lost(self, int64_t lost_bytes, double largest_lost_sent_time, double now):
+    cpdef void on_packets_lost(
+        self, int64_t lost_bytes, double largest_lost_sent_time, double now
+    ) except *:
         """Datagrams totalling ``lost_bytes`` were declared lost (RFC 9002 §7.3.2)."""
         cdef int64_t minimum
         self._remove_in_flight(lost_bytes)
@@ -232,28 +225,25 @@ cdef class NewReno:
             self.congestion_window = self.ssthresh if self.ssthresh > minimum else minimum
             self._acked_stash = 0
 
-    def on_persistent_congestion(self):
-        """Collapse to the minimum window and end the recovery episode (RFC 9002 §7.6.2)."""
+    cpdef void on_persistent_congestion(self) noexcept:
+        """Collapse to the minimum window and end the recovery episode (RFC 9002 §7.6.2); sets
+        ssthresh as a loss would if no loss episode came before."""
+        if self.ssthresh == _INFINITE_SSTHRESH:
+            self.ssthresh = <int64_t>(<double>self.congestion_window * _LOSS_REDUCTION_FACTOR)
         self.congestion_window = _MINIMUM_WINDOW_PACKETS * self.max_datagram_size
         self.recovery_start = -_INF
         self._acked_stash = 0
 
-    def on_packet_discarded(self, int64_t size):
+    cpdef void on_packet_discarded(self, int64_t size) except *:
         """A datagram stops counting in flight without an ACK or loss signal."""
         self._remove_in_flight(size)
 
 
+@cython.final
 cdef class Pacer:
     """Token bucket that spreads sends at K_PACING_GAIN * cwnd / srtt (RFC 9002 §7.7); see the
     pure twin."""
 
-    cdef public int64_t max_datagram_size
-    cdef public double pacing_rate
-    cdef public double burst_size
-    cdef public double tokens
-    cdef double _last_time
-    cdef int64_t _congestion_window
-    cdef double _smoothed_rtt
 
     def __init__(self, int64_t max_datagram_size):
         self.max_datagram_size = _check_datagram_size(max_datagram_size)
@@ -264,7 +254,7 @@ cdef class Pacer:
         self._congestion_window = 0
         self._smoothed_rtt = 0.0
 
-    def update_rate(self, int64_t congestion_window, double smoothed_rtt):
+    cpdef void update_rate(self, int64_t congestion_window, double smoothed_rtt) except *:
         """Set the rate from the current window and smoothed RTT."""
         if congestion_window < 0:
             raise ValueError(f"congestion_window must be >= 0, got {congestion_window}")
@@ -294,7 +284,7 @@ cdef class Pacer:
         if first or self.tokens > self.burst_size:
             self.tokens = self.burst_size
 
-    cdef inline void _refill(self, double now) noexcept:
+    cdef void _refill(self, double now) noexcept:
         cdef double tokens
         if now > self._last_time:
             if self.pacing_rate > 0.0:
@@ -302,7 +292,7 @@ cdef class Pacer:
                 self.tokens = tokens if tokens < self.burst_size else self.burst_size
             self._last_time = now
 
-    def next_send_time(self, double now):
+    cpdef double next_send_time(self, double now) noexcept:
         """When the next datagram may go: ``now`` or earlier means now."""
         cdef double deficit
         if self.pacing_rate == 0.0:
@@ -313,7 +303,7 @@ cdef class Pacer:
             return now
         return now + deficit / self.pacing_rate
 
-    def on_packet_sent(self, int64_t size, double now):
+    cpdef void on_packet_sent(self, int64_t size, double now) except *:
         """A datagram of ``size`` bytes left at ``now``: its size is taken from the credit."""
         if size < 0:
             raise _negative_size(size)
@@ -322,7 +312,7 @@ cdef class Pacer:
         self._refill(now)
         self.tokens -= <double>size
 
-    def set_max_datagram_size(self, int64_t size):
+    cpdef void set_max_datagram_size(self, int64_t size) except *:
         """The path's datagram size changed: burst and rate clamps follow it."""
         self.max_datagram_size = _check_datagram_size(size)
         if self.pacing_rate != 0.0:

@@ -361,8 +361,9 @@ class SentLog:
             hi = min(last, newest)
             if lo > hi:
                 continue
+            hits: list[int] | range
             if hi - lo + 1 > len(packets):  # a wide claim: walk what is outstanding instead
-                hits: list[int] | range = [p for p in packets if lo <= p <= hi]
+                hits = [p for p in packets if lo <= p <= hi]
                 self.work += len(packets)
             else:
                 hits = range(lo, hi + 1)

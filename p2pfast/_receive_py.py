@@ -31,6 +31,7 @@ from typing import Any
 from ._codec_py import decode, encode_ack, encode_bare, encode_raw
 from ._window_py import DUPLICATE, NEW, DuplicateFilter
 from ._wire import TYPE_NAMES
+from .addr import Address
 from .events import DataReceived
 
 T_HANDSHAKE_REQUEST = TYPE_NAMES.index("HandshakeRequest")
@@ -150,7 +151,7 @@ class Session:
         "proven",
     )
 
-    addr: tuple
+    addr: Address
     node_id: str
     p2pfast: bool
     last_seen: float
@@ -183,9 +184,9 @@ class Receiver:
 
     def __init__(
         self,
-        peers: dict[tuple, Any],
+        peers: dict[Address, Any],
         counters: Counters,
-        out: list[tuple[bytes, tuple]],
+        out: list[tuple[bytes, Address]],
         events: deque[Any],
         ack_peers: list[Any],
         local_addr: str,
@@ -207,7 +208,7 @@ class Receiver:
         self.app_pending = 0
 
     def receive(
-        self, data: bytes, addr: tuple, now: float
+        self, data: bytes, addr: Address, now: float
     ) -> tuple[Any, Session | None, bool] | None:
         """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
         the engine. Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
@@ -286,7 +287,7 @@ class Receiver:
         """Acknowledge ``msg`` from ``peer`` (the engine's call for routed Data it accepted)."""
         self._ack(peer, msg, msg.sequence_number, peer.addr, now)
 
-    def _ack(self, peer: Session, msg: Any, seq: int | None, addr: tuple, now: float) -> None:
+    def _ack(self, peer: Session, msg: Any, seq: int | None, addr: Address, now: float) -> None:
         if peer.p2pfast and seq is not None and msg.type != T_HANDSHAKE_REQUEST:
             # Owed to the next coalesced Ack (Node.flush_acks).
             pending = peer.pending_acks

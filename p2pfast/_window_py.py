@@ -45,7 +45,8 @@ class DuplicateFilter:
         return self._highest
 
     def check(self, seq: int) -> int:
-        """Classify ``seq`` and record it: ``NEW`` (deliver), ``DUPLICATE`` or ``TOO_OLD`` (drop)."""
+        """Classify ``seq`` and record it: ``NEW`` (deliver), ``DUPLICATE`` or ``TOO_OLD``
+        (drop)."""
         if seq < 0:
             raise ValueError("sequence numbers are non-negative")
         highest = self._highest
@@ -164,8 +165,8 @@ class SendWindow:
     next retransmission, while ``rto`` itself only ever moves with samples. Messages sent
     while the path is silent start at the window's ``backoff`` (the timeouts since the last
     acknowledgement, as RFC 9002's PTO count); any acknowledgement collapses it to 0, so the
-    timer is back at the path's RTO as soon as the path answers again. A message that times out after ``max_retries``
-    retransmissions fails.
+    timer is back at the path's RTO as soon as the path answers again. A message that times
+    out after ``max_retries`` retransmissions fails.
 
     Two limits make :meth:`add` raise :class:`~p2pfast.errors.WindowFull` (backpressure):
     ``capacity`` messages in flight, and ``max_span``: the newest sequence number may not run

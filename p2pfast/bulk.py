@@ -27,6 +27,7 @@ datagrams, completed messages and send outcomes.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import suppress
 from typing import Any
 
 from ._speedups import congestion, fragment
@@ -205,10 +206,10 @@ class BulkConnection:
         self._ready.append(message)
         self.queued_bytes += message.total
 
-    def transmit(self, now: float, out: list[bytes]) -> None:
-        """Append the datagrams due now to ``out``: path-MTU probes, then fragments (lost bytes
-        first, in message order) while the congestion window, the pacer and the peer's credit
-        allow."""
+    def transmit(self, now: float, out: list[bytes], probes: list[bytes]) -> None:
+        """Append the datagrams due now: a path-MTU probe to ``probes`` (they must leave with
+        IP fragmentation forbidden), fragments (lost bytes first, in message order) to ``out``
+        while the congestion window, the pacer and the peer's credit allow."""
         if self.dead:
             return
         path = self.path
@@ -219,7 +220,7 @@ class BulkConnection:
             if len(self._probes) >= 16:
                 del self._probes[next(iter(self._probes))]
             self._probes[number] = probe_size
-            out.append(fragment.encode_probe(number, probe_size))
+            probes.append(fragment.encode_probe(number, probe_size))
         ready = self._ready
         if not ready:
             return
@@ -310,10 +311,8 @@ class BulkConnection:
         message.to_send.clear()
         if message.ready:
             message.ready = False
-            try:
+            with suppress(ValueError):
                 self._ready.remove(message)
-            except ValueError:
-                pass
         if message.handle is not None:
             self.completed.append(message.handle)
 
@@ -363,6 +362,12 @@ class BulkConnection:
             self.cc.set_max_datagram_size(size)
             self.pacer.set_max_datagram_size(size)
 
+    def on_probe_refused(self, size: int, now: float) -> None:
+        """The local stack refused a probe of ``size`` bytes (EMSGSIZE: larger than the
+        interface allows): that size fails at once, without waiting for timeouts."""
+        if size in self._probes.values():
+            self.path.on_probe_refused(size, now)
+
     def on_probe_ack(self, frame: bytes, now: float) -> None:
         number, size = fragment.parse_probe_ack(frame)
         if self._probes.get(number) != size:
@@ -388,7 +393,9 @@ class BulkConnection:
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
         if self._incoming:
-            at = min(at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout)
+            at = min(
+                at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout
+            )
         return at
 
     @property

@@ -9,13 +9,15 @@ print one ``p2pfast-server: warning: ...`` line each. Ctrl-C while starting exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -245,8 +247,7 @@ async def _serve(config: Config) -> None:
         raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    restore_signals = stop_on_signals(loop, stop.set)
     node = server.node
     assert node is not None
     try:
@@ -262,8 +263,47 @@ async def _serve(config: Config) -> None:
         if metrics is not None:
             metrics.close()
         peers = len(node.peers_by_id)
-        await server.stop()
+        try:
+            await server.stop()
+        finally:
+            restore_signals()
     logging.getLogger("p2pfast").info("stopped: sent Disconnect to %d peers", peers)
+
+
+#: The signals that stop a serving node (disconnect every peer, exit 0).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_on_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
+) -> Callable[[], None]:
+    """Have ``stop`` called in ``loop``'s thread on SIGINT and SIGTERM; return what undoes it.
+
+    The loop watches the signals itself where it can (uvloop and asyncio's loops on Unix;
+    those handlers go with the loop). Where ``add_signal_handler`` raises NotImplementedError
+    (the event loops of Windows) a process-wide ``signal.signal`` handler, which Python runs in
+    the main thread between bytecodes, hands ``stop`` to the loop with
+    ``call_soon_threadsafe`` (which also wakes a loop blocked waiting for I/O); the returned
+    function puts the previous handlers back."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(stop)
+
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, stop)
+        except NotImplementedError:
+            previous[sig] = signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            # None: a handler not set from Python, which cannot be put back: the default then
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        previous.clear()
+
+    return restore
 
 
 def _compiled() -> bool:

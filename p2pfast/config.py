@@ -133,7 +133,9 @@ class Config:
         if not 1200 <= self.max_datagram_size <= 65_507:
             raise ConfigError("max_datagram_size: expected 1200..65507 bytes")
         if type(self.pmtu_discovery) is not bool:
-            raise ConfigError(f"pmtu_discovery: expected true or false, got {self.pmtu_discovery!r}")
+            raise ConfigError(
+                f"pmtu_discovery: expected true or false, got {self.pmtu_discovery!r}"
+            )
         _positive_int("reassembly_peer_limit", self.reassembly_peer_limit)
         _positive_int("reassembly_node_limit", self.reassembly_node_limit)
         if self.reassembly_peer_limit < 1024 * 1024:

@@ -23,6 +23,8 @@ window keeps working and the caller's bookkeeping error stays visible.
 
 from __future__ import annotations
 
+from typing import final
+
 #: Initial window, in datagrams (RFC 9002 §7.2), capped by :data:`K_INITIAL_WINDOW_BYTES`.
 K_INITIAL_WINDOW_PACKETS = 10
 #: The initial window's byte cap (RFC 9002 §7.2: min(10 * mds, max(14720, 2 * mds))).
@@ -65,6 +67,7 @@ def _negative_size(size: int) -> ValueError:
     return ValueError(f"size must be >= 0, got {size}")
 
 
+@final
 class RttEstimator:
     """Round-trip time estimate of one path (RFC 9002 §5).
 
@@ -136,6 +139,7 @@ class RttEstimator:
         return self.pto(max_ack_delay) * K_PERSISTENT_CONGESTION_THRESHOLD
 
 
+@final
 class NewReno:
     """NewReno congestion window in bytes (RFC 9002 §7 and Appendix B; aioquic's ``reno``).
 
@@ -211,14 +215,20 @@ class NewReno:
         else:
             self.bytes_in_flight -= size
 
-    def on_packet_acked(self, size: int, sent_time: float) -> None:
+    def on_packet_acked(self, size: int, sent_time: float, app_limited: bool = False) -> None:
         """A datagram of ``size`` bytes sent at ``sent_time`` was acknowledged (RFC 9002 §7.3).
 
         Packets sent at or before ``recovery_start`` do not grow the window. Otherwise slow start
         adds ``size``; congestion avoidance adds one max_datagram_size per congestion_window of
-        acknowledged bytes, counted exactly (aioquic's byte stash)."""
+        acknowledged bytes, counted exactly (aioquic's byte stash).
+
+        ``app_limited``: the packet was sent while the sender had less to send than the window
+        allowed (an empty queue, no flow-control credit): its acknowledgement proves nothing
+        about a larger window, so it does not grow it (RFC 9002 §7.8). Without this a sender
+        held back by a slow receiver would grow its window without limit on every ack and then
+        release it all at once when the credit comes."""
         self._remove_in_flight(size)
-        if sent_time <= self.recovery_start:
+        if app_limited or sent_time <= self.recovery_start:
             return
         if self.congestion_window < self.ssthresh:
             self.congestion_window += size
@@ -251,7 +261,12 @@ class NewReno:
         """The lost packets span more than the persistent-congestion duration (RFC 9002 §7.6.2):
         the window collapses to the minimum window and the recovery episode ends, so the next
         loss of a packet sent from now on reduces again. Call it after :meth:`on_packets_lost`
-        for the same losses (which set ssthresh)."""
+        for the same losses (which set ssthresh). Called without any loss episode before (a
+        sender that declares it after consecutive probe timeouts), it also sets ssthresh as a
+        loss would, so slow start stops at half the window that overflowed the path instead of
+        growing without limit again."""
+        if self.ssthresh == INFINITE_SSTHRESH:
+            self.ssthresh = int(self.congestion_window * K_LOSS_REDUCTION_FACTOR)
         self.congestion_window = K_MINIMUM_WINDOW_PACKETS * self.max_datagram_size
         self.recovery_start = -_INF
         self._acked_stash = 0
@@ -262,6 +277,7 @@ class NewReno:
         self._remove_in_flight(size)
 
 
+@final
 class Pacer:
     """Token bucket that spreads sends at K_PACING_GAIN * cwnd / srtt (RFC 9002 §7.7).
 

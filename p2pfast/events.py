@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .addr import Address
+
 
 class Event:
     """Base class of engine events."""
@@ -17,8 +19,8 @@ class PeerConnected(Event):
     """A handshake completed (either direction)."""
 
     node_id: str
-    addr: tuple
-    node_info: dict
+    addr: Address
+    node_info: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -27,7 +29,7 @@ class PeerDisconnected(Event):
     ``replaced`` or ``shutdown``."""
 
     node_id: str
-    addr: tuple
+    addr: Address
     reason: str
 
 
@@ -82,12 +84,13 @@ class PongReceived(Event):
 @dataclass(slots=True)
 class PeerListReceived(Event):
     """A peer sent its peer list: ``entries`` are PeerInfo (DiscoveryResponse) or NodeInfo
-    (ListNodesResponse, ``full_info`` True) objects, one datagram's worth. ``request_id`` is
-    the id :meth:`Node.request_peers` returned for the request answered, None for a list the
-    peer sent unasked (a join broadcast)."""
+    (ListNodesResponse, ``full_info`` True) objects as the wire carries them (decoded JSON,
+    unchecked: ``PeerInfo.from_wire`` / ``NodeInfo.from_wire`` check them), one datagram's
+    worth. ``request_id`` is the id :meth:`Node.request_peers` returned for the request
+    answered, None for a list the peer sent unasked (a join broadcast)."""
 
     node_id: str
-    entries: list
+    entries: list[Any]
     full_info: bool
     request_id: str | None = None
 
@@ -99,7 +102,7 @@ class ConnectFailed(Event):
     ``refused``, ``shutdown``, ``busy``, ``family``), ``reason`` in English, ``peer_text`` the
     peer's own words when it sent any."""
 
-    addr: tuple
+    addr: Address
     reason: str
     code: str = "refused"
     peer_text: str = ""

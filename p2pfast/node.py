@@ -34,10 +34,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ._speedups import codec, fragment, receive
-from .addr import format_addr, parse_addr
+from .addr import Address, format_addr, parse_addr
 from .bulk import ACK_EVERY, BulkConnection, BulkMemory
 from .config import Config
 from .delivery import DeliveryTracker
@@ -161,6 +161,10 @@ def _is_echo(payload: Any) -> bool:
     )
 
 
+#: ``Receiver.receive`` over this node's sessions: ``(message, peer, gap)`` or None.
+_ReceivePeer = Callable[[bytes, Address, float], tuple[Any, Peer | None, bool] | None]
+
+
 class Node:
     """A p2pfast node's protocol state machine (server and client at once)."""
 
@@ -169,7 +173,7 @@ class Node:
         config: Config,
         *,
         now: float,
-        local_addr: tuple | None = None,
+        local_addr: Address | None = None,
         wall_offset: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -186,11 +190,11 @@ class Node:
             self._pick: Callable[[int], int] = random.randrange
         else:
             self._new_id = lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            self._new_token = lambda: "%0*x" % (TOKEN_HEX, rng.getrandbits(TOKEN_HEX * 4))
+            self._new_token = lambda: f"{rng.getrandbits(TOKEN_HEX * 4):0{TOKEN_HEX}x}"
             self._first_seq = lambda: 1 + rng.randrange(FIRST_SEQ_LIMIT)
             self._pick = rng.randrange
         self.node_id: str = config.node_id or self._new_id()
-        self.local_addr: tuple = local_addr or parse_addr(config.listen_address)
+        self.local_addr: Address = local_addr or parse_addr(config.listen_address)
         self.local_addr_str = format_addr(self.local_addr)
         self.started_at = now
         #: Wire timestamps are ``int(now + wall_offset)`` (Unix seconds).
@@ -221,14 +225,14 @@ class Node:
             )
         )
 
-        self.peers_by_addr: dict[tuple, Peer] = {}
+        self.peers_by_addr: dict[Address, Peer] = {}
         self.peers_by_id: dict[str, Peer] = {}
         self.routes = RoutingTable(config.max_routes, config.max_routes_per_peer)
         self.route_ids = RouteIdCache(config.route_cache_size, config.route_cache_ttl)
         #: Routed reliable sends waiting for the destination's confirmation.
         self.deliveries = DeliveryTracker(config.delivery_timeout, config.send_window)
         #: Addresses discovery leaves alone until the time given (after a disconnect).
-        self._cooldown: dict[tuple, float] = {}
+        self._cooldown: dict[Address, float] = {}
         self.counters = Counters()
         #: Loop iterations spent on hostile-controllable work (lists, ranges, routes) outside
         #: the send windows' own count: see :attr:`work`.
@@ -236,9 +240,9 @@ class Node:
         #: Size of the datagram being handled (handlers budget by what a peer sent).
         self._datagram_size = 0
 
-        self._out: list[tuple[bytes, tuple]] = []
+        self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
-        self._pending_connects: dict[tuple, PendingConnect] = {}
+        self._pending_connects: dict[Address, PendingConnect] = {}
         self._announce: list[Peer] = []  # joined since the last broadcast
         self._removed_since_broadcast = False
         # Peers with something in flight / a sequence gap: dicts used as ordered sets, so the
@@ -254,6 +258,9 @@ class Node:
         self._bulk_active: dict[Peer, None] = {}
         self.bulk_acks: dict[Peer, None] = {}
         self._bulk_held: deque[tuple[Peer, bytes]] = deque()
+        #: Path-MTU probes to send with IP fragmentation forbidden (an I/O shell that cannot
+        #: sends them as ordinary datagrams; :meth:`datagrams_to_send` includes them).
+        self.probes: list[tuple[bytes, Address]] = []
         self._bulk_unconsumed: dict[int, tuple[BulkConnection, int]] = {}
         #: Messages larger than this go to a p2pfast peer as fragments until its path is probed.
         self._bulk_threshold = config.max_datagram_size
@@ -267,7 +274,8 @@ class Node:
             self.local_addr_str,
             self.wall_offset,
         )
-        self._receive = self._receiver.receive
+        # The sessions the receiver hands back are the ones it was given: Peers.
+        self._receive = cast(_ReceivePeer, self._receiver.receive)
         self.app_attached = False
 
         self._heartbeat_at = now + config.heartbeat_interval
@@ -361,7 +369,7 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Output side of the sans-I/O interface
 
-    def datagrams_to_send(self, *, flush_acks: bool = True) -> list[tuple[bytes, tuple]]:
+    def datagrams_to_send(self, *, flush_acks: bool = True) -> list[tuple[bytes, Address]]:
         """Take the datagrams queued since the last call, as ``(data, addr)`` pairs.
 
         Acks owed to p2pfast peers are coalesced: they are encoded here when ``flush_acks``
@@ -371,6 +379,9 @@ class Node:
             self.flush_acks()
         out = self._out[:]  # the list itself is shared with the receive path: keep it
         self._out.clear()
+        if self.probes:
+            out.extend(self.probes)
+            self.probes.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -398,7 +409,7 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Input: datagrams
 
-    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one datagram from ``addr``. Never raises for bad input: it is counted,
         logged (rate-limited) and answered with at most a small Error.
 
@@ -477,7 +488,7 @@ class Node:
             counters.acks_sent += len(set(owed))
         self.ack_peers.clear()  # shared with the receive path
 
-    def _unauthenticated(self, msg: Any, addr: tuple, size: int, now: float) -> None:
+    def _unauthenticated(self, msg: Any, addr: Address, size: int, now: float) -> None:
         """Serve an address with no session: HandshakeRequest, Ping, Disconnect, the reply to a
         handshake we started, and a small Error for the rest; all within 3× ``size`` bytes."""
         mtype = msg.type
@@ -523,7 +534,7 @@ class Node:
         self._send_within_budget(replies, addr, budget)
 
     def _send_within_budget(
-        self, replies: list[tuple[bytes, int]], addr: tuple, budget: int
+        self, replies: list[tuple[bytes, int]], addr: Address, budget: int
     ) -> None:
         """Queue ``replies`` in order while their total stays within ``budget`` bytes."""
         for data, mtype in replies:
@@ -545,7 +556,7 @@ class Node:
         msg: Any,
         now: float,
         *,
-        addr: tuple | None = None,
+        addr: Address | None = None,
         budget: int | None = None,
     ) -> None:
         addr = peer.addr if peer is not None else addr
@@ -603,8 +614,8 @@ class Node:
                 break
 
     def _admit(
-        self, peer: Peer | None, payload: Any, addr: tuple, now: float, base: int, hello_id: str
-    ) -> Peer | tuple:
+        self, peer: Peer | None, payload: Any, addr: Address, now: float, base: int, hello_id: str
+    ) -> Peer | tuple[str, str]:
         """Validate a HandshakeRequest and create or refresh the session; return the Peer, or
         ``(error text, code)``. ``base`` is the number just before the requester's first
         message (a p2pfast node announces it in the request's ``sequence_number``).
@@ -652,7 +663,7 @@ class Node:
         new_peer.hello_id = hello_id
         return new_peer
 
-    def _add_peer(self, addr: tuple, info: dict, now: float, base: int) -> Peer:
+    def _add_peer(self, addr: Address, info: dict[str, Any], now: float, base: int) -> Peer:
         """A new session; ``base`` is the number before the peer's first message."""
         pending = self._pending_connects.pop(addr, None)  # simultaneous open: theirs came first
         # Our numbering: the one our own request announced, if we sent one, else a new one.
@@ -701,14 +712,14 @@ class Node:
         log.info("peer %s at %s removed: %s", peer.node_id, peer.addr_str, reason)
 
     def _on_handshake_response(
-        self, peer: Peer | None, msg: Any, now: float, *, addr: tuple | None = None
+        self, peer: Peer | None, msg: Any, now: float, *, addr: Address | None = None
     ) -> None:
         """The answer to a handshake we started (a HandshakeResponse from anyone else is
         ignored: it cannot authenticate the sender, unlike in the Rust server)."""
         if peer is not None:
             return  # we already hold a session with this address
         pending = self._pending_connects.pop(addr, None) if addr is not None else None
-        if pending is None:
+        if pending is None or addr is None:  # (no addr: no pending connect either)
             self.counters.reject("unsolicited_response")
             return
         payload = msg.payload
@@ -762,7 +773,7 @@ class Node:
         )
         self._queue(data, peer, T_ACK)
 
-    def _connect_failed(self, addr: tuple, code: str, reason: str, peer_text: Any = None) -> None:
+    def _connect_failed(self, addr: Address, code: str, reason: str, peer_text: Any = None) -> None:
         """Report a failed outgoing handshake (English ``reason``, machine-readable ``code``,
         and the peer's own words when it gave any)."""
         self._pending_connects.pop(addr, None)
@@ -770,7 +781,7 @@ class Node:
         self._events.append(ConnectFailed(addr, reason, code, text))
         log.debug("handshake with %s failed (%s): %s %s", format_addr(addr), code, reason, text)
 
-    def _on_connect_refused(self, addr: tuple, payload: Any) -> None:
+    def _on_connect_refused(self, addr: Address, payload: Any) -> None:
         text = payload.get("error") if type(payload) is dict else payload
         code = payload.get("code") if type(payload) is dict else None
         if code not in REFUSAL_REASONS:
@@ -938,7 +949,7 @@ class Node:
         else:
             self.counters.delivered += 1  # counted; an echo is never echoed (no echo loops)
 
-    def _on_routed(self, peer: Peer, msg: Any, payload: dict, now: float) -> None:
+    def _on_routed(self, peer: Peer, msg: Any, payload: dict[str, Any], now: float) -> None:
         """Routed Data: deliver it here or forward it one hop. The receive path leaves its
         Ack to this handler: a message we cannot take now (our application's queue is full,
         the next hop's window is full) is neither acknowledged nor remembered, so the previous
@@ -951,7 +962,7 @@ class Node:
         if msg.requires_ack:
             self._receiver.ack(peer, msg, now)
 
-    def _route(self, peer: Peer, msg: Any, payload: dict, now: float) -> bool | None:
+    def _route(self, peer: Peer, msg: Any, payload: dict[str, Any], now: float) -> bool | None:
         """Decide a routed Data: True when taken (delivered, forwarded, or refused for good),
         None when it must wait."""
         try:
@@ -1021,7 +1032,13 @@ class Node:
         return True
 
     def _routed_to_us(
-        self, peer: Peer, source: str, route_id: str, original: dict, hops: int, now: float
+        self,
+        peer: Peer,
+        source: str,
+        route_id: str,
+        original: dict[str, Any],
+        hops: int,
+        now: float,
     ) -> bool | None:
         """A routed message for this node: a confirmation of one we sent, or data for the
         application (confirmed to its origin when asked); None when the application's queue
@@ -1061,7 +1078,7 @@ class Node:
         self._cool_down(peer.addr, now)
         self._remove_peer(peer, "disconnect", now)
 
-    def _cool_down(self, addr: tuple, now: float) -> None:
+    def _cool_down(self, addr: Address, now: float) -> None:
         """Discovery leaves ``addr`` alone for ``reconnect_cooldown`` (a peer that said
         goodbye, or that we left, is not dialled again at once)."""
         cooldown = self._cooldown
@@ -1132,7 +1149,7 @@ class Node:
         self.counters.send_failures += 1
         self._events.append(SendFailed(msg_id, reason))
 
-    def _settle(self, event: SendCompleted | SendFailed, hop: Any) -> None:
+    def _settle(self, event: SendCompleted | SendFailed, hop: Peer | None) -> None:
         """A routed send resolved end to end: its one outcome. If the first hop still holds
         the message, the hop's own outcome, when it comes, stays internal."""
         if isinstance(event, SendFailed):
@@ -1142,7 +1159,8 @@ class Node:
             hop is not None
             and self.peers_by_id.get(hop.node_id) is hop
             and (
-                hop.window.holds(event.handle) or (hop.bulk is not None and hop.bulk.holds(event.handle))
+                hop.window.holds(event.handle)
+                or (hop.bulk is not None and hop.bulk.holds(event.handle))
             )
         ):
             self.deliveries.quiet.add(event.handle)
@@ -1263,7 +1281,7 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Commands
 
-    def connect(self, addr: tuple, now: float, *, deadline: float | None = None) -> None:
+    def connect(self, addr: Address, now: float, *, deadline: float | None = None) -> None:
         """Start a handshake with ``addr``; a PeerConnected or ConnectFailed event follows.
 
         The request is sent again with exponential backoff (``rto_initial``, doubling, at
@@ -1316,11 +1334,11 @@ class Node:
         log.debug("handshake with %s: request sent", format_addr(addr))
         self._emit(data, addr, T_HANDSHAKE_REQUEST)
 
-    def cancel_connect(self, addr: tuple) -> bool:
+    def cancel_connect(self, addr: Address) -> bool:
         """Give up a handshake in progress (no event follows); False when there was none."""
         return self._pending_connects.pop(addr, None) is not None
 
-    def _maybe_connect(self, addr: tuple, now: float) -> bool:
+    def _maybe_connect(self, addr: Address, now: float) -> bool:
         """Discovery's connect: only new addresses, within max_connections, not cooling down;
         a short attempt (two requests), and an address that does not answer cools down, so a
         peer that lists invented addresses cannot make this node hammer them."""
@@ -1368,9 +1386,8 @@ class Node:
                 raise SendError("no_route", f"no peer or route for {node_id}")
             confirmed = reliable and self.routes.speaks_p2pfast(node_id)
             if confirmed and self.deliveries.full(node_id):
-                exc = WindowFull(
-                    f"{self.deliveries.per_destination} messages to {node_id} await its confirmation"
-                )
+                waiting = self.deliveries.per_destination
+                exc = WindowFull(f"{waiting} messages to {node_id} await its confirmation")
                 exc.node_id = node_id
                 raise exc
             payload = self._routed(node_id, msg_id, payload, ts, confirm=confirmed)
@@ -1394,7 +1411,7 @@ class Node:
         confirm: bool = False,
         kind: str = "Data",
         answering: str | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """A routed Data payload from this node: ``original_message`` carries the application
         payload (``kind`` Data; ``requires_ack`` asks the destination to confirm end to end),
         or a confirmation (``kind`` Ack, ``answering`` the confirmed message's id)."""
@@ -1454,7 +1471,9 @@ class Node:
         if peer.p2pfast:
             limit = peer.bulk.datagram_size if peer.bulk is not None else self._bulk_threshold
             if type(payload) is str and len(payload) > limit:
-                self._send_large(peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now)
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
                 return
         else:
             limit = MAX_DATAGRAM_SIZE
@@ -1479,7 +1498,9 @@ class Node:
             raise SendError(reason, exc.detail or exc.reason) from None
         if len(data) > limit:
             if peer.p2pfast:
-                self._send_large(peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now)
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
                 return
             raise SendError(
                 "too_large",
@@ -1515,7 +1536,7 @@ class Node:
             conn.owner = peer
         return conn
 
-    def _on_frame(self, data: bytes, addr: tuple, now: float) -> None:
+    def _on_frame(self, data: bytes, addr: Address, now: float) -> None:
         """A binary frame (0xF5 first): only from a p2pfast peer with a session; a bad one is
         counted and dropped, never answered with more than it is (no amplification)."""
         counters = self.counters
@@ -1635,6 +1656,14 @@ class Node:
         self._bulk_active.pop(peer, None)
         self.bulk_acks.pop(peer, None)
 
+    def probe_refused(self, data: bytes, addr: Address, now: float) -> None:
+        """The I/O shell could not send a probe: the local stack refused its size (EMSGSIZE)."""
+        peer = self.peers_by_addr.get(addr)
+        if peer is None or peer.bulk is None:
+            return
+        peer.bulk.on_probe_refused(len(data), now)
+        self._bulk_step(peer, peer.bulk, now)
+
     def _bulk_ack(self, peer: Peer, conn: BulkConnection, now: float) -> None:
         frame = conn.ack_frame(now)
         if frame is not None:
@@ -1662,8 +1691,16 @@ class Node:
     def _bulk_step(self, peer: Peer, conn: BulkConnection, now: float) -> None:
         """After anything happened to a transfer: send what is due, report outcomes, re-arm."""
         out: list[bytes] = []
+        probes: list[bytes] = []
         sent = conn.fragments_sent
-        conn.transmit(now, out)
+        conn.transmit(now, out, probes)
+        for probe in probes:
+            if peer.proven:
+                self.probes.append((probe, peer.addr))
+                self.counters.bytes_out += len(probe)
+                self.counters.frames_out += 1
+            else:  # an unproven address gets a probe only within its budget
+                self._queue_frame(probe, peer)
         counters = self.counters
         counters.fragments_sent += conn.fragments_sent - sent
         addr = peer.addr
@@ -1736,9 +1773,7 @@ class Node:
             reason = "too_large" if exc.reason == "too_large" else "bad_payload"
             raise SendError(reason, exc.detail or exc.reason) from None
 
-    def _send_large(
-        self, peer: Peer, data: bytes, msg_id: str, reliable: bool, now: float
-    ) -> None:
+    def _send_large(self, peer: Peer, data: bytes, msg_id: str, reliable: bool, now: float) -> None:
         """Queue an encoded message too large for one datagram to ``peer`` as fragments."""
         conn = self._bulk(peer, now)
         try:
@@ -2024,7 +2059,7 @@ class Node:
     # ------------------------------------------------------------------------------------
     # Helpers
 
-    def _emit(self, data: bytes, addr: tuple, mtype: int) -> None:
+    def _emit(self, data: bytes, addr: Address, mtype: int) -> None:
         """Queue one datagram and count it."""
         self._out.append((data, addr))
         counters = self.counters

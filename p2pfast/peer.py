@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._speedups import codec, receive, window
-from .addr import format_addr, parse_addr
+from .addr import Address, format_addr, parse_addr
 from .config import Config
 from .errors import ProtocolError
 
@@ -63,8 +63,8 @@ class Peer(receive.Session):
 
     def __init__(
         self,
-        addr: tuple,
-        node_info: dict,
+        addr: Address,
+        node_info: dict[str, Any],
         now: float,
         config: Config,
         *,
@@ -135,7 +135,7 @@ class Peer(receive.Session):
         return f"<Peer {self.node_id} at {self.addr_str}>"
 
 
-def peer_rx_window(node_info: dict) -> int:
+def peer_rx_window(node_info: dict[str, Any]) -> int:
     """The duplicate-filter width a p2pfast peer announced (metadata ``rx_window``), else the
     default; the span of our send window towards it must stay below it."""
     text = node_info["metadata"].get(RX_WINDOW_KEY)
@@ -148,7 +148,7 @@ def peer_rx_window(node_info: dict) -> int:
     return min(max(width, 64), 1 << 20)
 
 
-def validate_node_info(payload: Any) -> dict:
+def validate_node_info(payload: Any) -> dict[str, Any]:
     """Check a NodeInfo payload (all seven keys, types, non-empty name/version, bounded sizes).
 
     Returns a normalized copy; raises ValueError with a short reason.

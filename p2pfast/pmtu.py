@@ -25,9 +25,15 @@ MAX_UDP_PAYLOAD = 65507
 
 #: Path limits seen in practice, as UDP payload sizes (link MTU less 48 bytes of IPv6 + UDP
 #: headers, or 28 of IPv4 + UDP): 1,280 (IPv6 minimum), 1,420 (WireGuard), 1,492 (PPPoE),
-#: 1,500 (Ethernet), 9,000 (jumbo frames) and 65,536 (Linux loopback; 65,507 is the IPv4
-#: payload limit itself). The search climbs through these before it bisects.
-COMMON_SIZES: tuple[int, ...] = (1232, 1252, 1372, 1392, 1444, 1452, 1464, 1472, 8952, 8972, 65488)
+#: 1,500 (Ethernet), 9,000 (jumbo frames), 9,001 (EC2 jumbo frames) and 65,536 (Linux
+#: loopback; 65,507 is the IPv4 payload limit itself). The search climbs through these before
+#: it bisects.
+COMMON_SIZES: tuple[int, ...] = (
+    1232, 1252, 1372, 1392, 1444, 1452, 1464, 1472, 8952, 8953, 8972, 8973, 65488,
+)  # fmt: skip
+#: The largest UDP payload over IPv6 on any link whose MTU is at most 65,536 (loopback's):
+#: the ``maximum`` to give an IPv6 path, so loopback is found by its first probe.
+MAX_UDP_PAYLOAD_IPV6 = 65488
 #: Bisection stops once the largest size acknowledged and the smallest that failed are this
 #: close: each bisection step may cost ``max_probes`` probe timeouts, and 16 bytes is about
 #: 1 % of the smallest datagram searched.
@@ -202,6 +208,17 @@ class PathMtu:
         else:
             self.current = max(self.current, size)
         self._choose(now)
+
+    def on_probe_refused(self, size: int, now: float) -> None:
+        """The local stack refused to send the outstanding probe of ``size`` bytes (EMSGSIZE:
+        larger than the interface MTU, with fragmentation forbidden) or a validated ICMP
+        Packet Too Big named a smaller size: the size fails at once instead of costing
+        ``max_probes`` timeouts. Any other size is ignored."""
+        if self._candidate is None or size != self._candidate or self._deadline is None:
+            return
+        self._deadline = None
+        self._lost = self.max_probes
+        self._give_up(now)
 
     def on_packet_acked(self, size: int, now: float) -> None:
         """An ordinary datagram of ``size`` bytes was acknowledged: a datagram larger than

@@ -89,9 +89,9 @@ class RoutingTable:
             if not via:
                 del self._by_hop[next_hop]
 
-    def dump(self, limit: int | None = None) -> list[dict]:
+    def dump(self, limit: int | None = None) -> list[dict[str, str | int]]:
         """Routes as the Rust server's ``get_routes`` reply lists them (at most ``limit``)."""
-        out = []
+        out: list[dict[str, str | int]] = []
         for d, (hop, dist) in self._routes.items():
             if limit is not None and len(out) >= limit:
                 break
@@ -123,7 +123,8 @@ class RouteIdCache:
         return stamp is not None and now - stamp < self.ttl
 
     def seen(self, route_id: str, now: float) -> bool:
-        """True if ``route_id`` was recorded within ``ttl``; otherwise record it and return False."""
+        """True if ``route_id`` was recorded within ``ttl``; otherwise record it and return
+        False."""
         seen = self._seen
         stamp = seen.get(route_id)
         if stamp is not None:

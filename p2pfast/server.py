@@ -485,6 +485,7 @@ class P2PServer:
         current = None if loop_closed else _current_task()
         for task in self._tasks:
             if loop_closed:  # it can never run again: do not report it as destroyed pending
+                # (asyncio's private flag, the one asyncio.Task checks; not in typeshed)
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
             elif task is not current and task not in self._draining:
                 task.cancel()  # (a handler that called stop() itself finishes on its own)
@@ -887,6 +888,8 @@ class P2PServer:
             while node.next_event() is not None:
                 pass
             return
+        # ``type(event)`` is looked up once per event (this runs per message); mypy narrows
+        # ``event`` on ``type(event) is C`` but not on ``kind is C``, hence the ignores below.
         while (event := node.next_event()) is not None:
             kind = type(event)
             if kind is DataReceived:
@@ -1080,6 +1083,7 @@ def run(main: Awaitable[Any]) -> Any:
     every remaining task is cancelled and awaited, so running servers stop cleanly."""
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            # typeshed: Runner.run takes a Coroutine; callers pass coroutines, typed Awaitable
             return runner.run(main)  # type: ignore[arg-type]
     loop = new_event_loop()  # pragma: no cover - 3.10
     asyncio.set_event_loop(loop)

@@ -71,7 +71,8 @@ def node_info(
 
 
 def handshake(name: str, **kw: Any) -> tuple[bytes, dict, str]:
-    """(datagram, NodeInfo, request id) for a seed client's HandshakeRequest (requires_ack, seq 1)."""
+    """(datagram, NodeInfo, request id) for a seed client's HandshakeRequest (requires_ack,
+    seq 1)."""
     info = node_info(name, **kw)
     rid = str(uuid.uuid4())
     data = envelope(

@@ -20,7 +20,7 @@ from p2pfast import (
 from p2pfast.server import new_event_loop, run
 
 from .apiutil import Relay, config, until
-from .netutil import on_uvloop
+from .netutil import needs_posix_signals, on_uvloop
 
 BOUND = 2.0  # "at once": well under any timeout in play, far over a loop iteration
 
@@ -342,6 +342,7 @@ except KeyboardInterrupt:
 """
 
 
+@needs_posix_signals
 @on_uvloop
 async def test_ctrl_c_under_run_stops_the_server_and_tells_peers(python_exe):
     import signal

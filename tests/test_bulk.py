@@ -434,5 +434,24 @@ def test_message_numbers_far_ahead_are_refused():
     a, b = pair(net)
     net.inject(fragment.encode_credit_request(0), a.local_addr, b.local_addr)
     far = MAX_MESSAGES_AHEAD + 5
-    net.inject(fragment.encode_fragment(1, far, 100, 0, b"x" * 100, 0, 100), a.local_addr, b.local_addr)
+    net.inject(
+        fragment.encode_fragment(1, far, 100, 0, b"x" * 100, 0, 100), a.local_addr, b.local_addr
+    )
     assert b.counters.rejected.get("message_too_far_ahead") == 1
+
+
+def test_a_large_routed_message_crosses_a_hub_as_fragments_and_is_confirmed_end_to_end():
+    from .test_delivery import outcome, triangle
+
+    net, hub, alice, bob = triangle()
+    payload = payload_of_size(600_000, 21)
+    handle = alice.send_data(bob.node_id, payload, net.now)
+    net.flush()
+    assert net.run(30.0, lambda: outcome(net, alice, handle) is not None)
+    assert isinstance(outcome(net, alice, handle), SendCompleted)
+    got = consume_all(net, bob)
+    assert [e.payload for e in got] == [payload]
+    assert got[0].source == alice.node_id
+    assert hub.counters.messages_reassembled == 1 and hub.counters.fragments_sent > 0
+    net.run(2.0)
+    assert not consume_all(net, bob)

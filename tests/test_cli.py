@@ -24,7 +24,7 @@ from p2pfast.errors import ConfigError
 from p2pfast.protocol import MessageType as T
 
 from .helpers import envelope, handshake
-from .netutil import SeedClient, ServerProcess
+from .netutil import SeedClient, ServerProcess, needs_posix_signals
 
 ERROR = re.compile(r"^p2pfast-server: error: \S.*$")
 
@@ -63,7 +63,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     [
         (["-m", "abc"], ["--max-connections", "'abc' is not a valid integer"]),
         (["-m"], ["-m", "requires an argument"]),
-        (["-c", "/tmp"], ["--config", "is a directory"]),
+        (["-c", str(Path(__file__).parent)], ["--config", "is a directory"]),  # any platform
         (["--log-level", "verbose"], ["--log-level", "'verbose'"]),
         (["--no-such-option"], ["No such option", "--no-such-option"]),
         (["-x"], ["No such option", "-x"]),
@@ -192,6 +192,7 @@ def test_help_exits_zero_and_lists_the_new_options() -> None:
         assert option in result.stdout
 
 
+@needs_posix_signals
 def test_python_dash_m_p2pfast_runs_the_server() -> None:
     proc = subprocess.Popen(
         [
@@ -287,6 +288,7 @@ def _busy_session(proc: ServerProcess, datagrams: int) -> None:
         stranger.close()
 
 
+@needs_posix_signals
 def test_info_log_has_nothing_per_datagram() -> None:
     with ServerProcess("--network-id", "test", "--stats-interval", "0") as proc:
         _busy_session(proc, 400)
@@ -298,6 +300,7 @@ def test_info_log_has_nothing_per_datagram() -> None:
     assert not any(" DEBUG " in line for line in text.splitlines())
 
 
+@needs_posix_signals
 def test_log_level_from_environment_works_like_the_flag() -> None:
     with ServerProcess("--network-id", "test", env={"P2PFAST_LOG_LEVEL": "warning"}) as proc:
         _busy_session(proc, 10)
@@ -312,6 +315,7 @@ def test_log_level_from_environment_works_like_the_flag() -> None:
     assert "connected from" in flag_wins
 
 
+@needs_posix_signals
 def test_debug_log_shows_per_peer_events_present_in_the_engine() -> None:
     """What the engine logs today at debug level and above, per peer: the handshake result,
     refusals, evictions (at info/warning, so also visible at debug)."""
@@ -348,6 +352,7 @@ def _discovery_run(level: str, silent_port: int) -> str:
         return _rest_of_stderr(proc)
 
 
+@needs_posix_signals
 def test_debug_log_shows_outgoing_handshake_steps_and_info_does_not() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
@@ -408,6 +413,7 @@ def test_debug_log_shows_retransmissions_and_refusals(caplog: pytest.LogCaptureF
 # -- Ctrl-C ------------------------------------------------------------------------------------
 
 
+@needs_posix_signals
 def test_ctrl_c_during_start_up_exits_quietly() -> None:
     """SIGINT as soon as the command runs (its first output is the warning about an unknown
     variable), i.e. while it loads its config, imports the server and binds."""
@@ -436,6 +442,7 @@ def test_ctrl_c_during_start_up_exits_quietly() -> None:
     assert proc.returncode in (0, 130), (proc.returncode, err)
 
 
+@needs_posix_signals
 def test_ctrl_c_while_serving_disconnects_and_exits_zero() -> None:
     with ServerProcess("--network-id", "test") as proc:
         client = SeedClient(proc.addr)
@@ -473,6 +480,7 @@ def test_address_mistakes_in_a_config_file_say_what_to_write(
     assert_one_line_error(run_module("-c", str(path)), fragment)
 
 
+@needs_posix_signals
 def test_host_name_in_the_environment_is_resolved() -> None:
     clean = {
         k: v

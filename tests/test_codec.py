@@ -851,7 +851,7 @@ def test_message_keywords_and_equality(codec):
     assert a != b and not (a == b)  # noqa: SIM201
     assert a != pure.Message(**dict(kwargs, requires_ack=False))
     assert (a == 5) is False and (a != 5) is True
-    assert (a == None) is False
+    assert (a == None) is False  # noqa: E711 - the == operator itself is under test
     with pytest.raises(TypeError):
         hash(a)
     with pytest.raises(TypeError):

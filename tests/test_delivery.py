@@ -42,7 +42,7 @@ def outcome(net: VirtualNet, node: Node, handle: str):
 
 
 def test_a_routed_send_completes_only_when_the_destination_confirms():
-    net, hub, alice, bob = triangle()
+    net, _hub, alice, bob = triangle()
     # the destination's confirmation is lost: the hop's Ack alone must not complete the send
     net.drop_rules.append(
         lambda data, src, dst: (
@@ -96,7 +96,7 @@ def test_an_unconfirmed_routed_send_times_out():
 
 
 def test_the_end_to_end_window_holds_the_sender():
-    net, hub, alice, bob = triangle(send_window=8)
+    net, _hub, alice, bob = triangle(send_window=8)
     bob.app_queue_limit = 0
     handles = [alice.send_data(bob.node_id, {"n": n}, net.now) for n in range(8)]
     with pytest.raises(WindowFull) as info:

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 from .helpers import wire_examples
-from .netutil import ServerProcess
+from .netutil import ServerProcess, needs_posix_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -65,6 +65,7 @@ def test_simple_client_runs_its_whole_session(hub: ServerProcess) -> None:
     assert lines[5] == "disconnected"
 
 
+@needs_posix_signals
 def test_simple_client_stopped_with_ctrl_c_exits_quietly() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers the handshake
     silent.bind(("127.0.0.1", 0))
@@ -202,6 +203,7 @@ class ChatProcess:
                 stream.close()
 
 
+@needs_posix_signals
 def test_chat_between_two_nodes_through_the_hub(hub: ServerProcess) -> None:
     alice, bob = ChatProcess(hub, "alice"), ChatProcess(hub, "bob")
     try:

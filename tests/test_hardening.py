@@ -5,6 +5,7 @@ property test of the engine."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -391,14 +392,14 @@ def test_a_peer_teaching_many_routes_cannot_make_joins_scan_the_table():
     data, info, _ = handshake("teacher")
     node.receive_datagram(data, teacher, 1000.0)
     node.peers_by_id[info["id"]].proven = True
-    for chunk in range(165):  # 66,000 routes offered, 400 per datagram
+    for _ in range(165):  # 66,000 routes offered, 400 per datagram
         entries = [{"addr": "127.0.0.1:1", "id": str(uuid.uuid4())} for _ in range(400)]
         node.receive_datagram(envelope("DiscoveryResponse", entries), teacher, 1000.0)
     assert len(node.routes) == node.config.max_routes_per_peer == node.routes.taught_by(info["id"])
     node.routes._routes = CountingDict(node.routes._routes)
     CountingDict.scans = 0
     for i in range(50):  # joins and leaves
-        data, info_i, _ = handshake(f"p{i}")
+        data, _, _ = handshake(f"p{i}")
         node.receive_datagram(data, ("127.0.0.1", 8000 + i), 1001.0)
         node.receive_datagram(
             envelope("Disconnect", {"reason": "bye"}), ("127.0.0.1", 8000 + i), 1001.0
@@ -548,10 +549,8 @@ def test_hostile_datagram_sequences_never_break_the_engine_rules(steps):
     net.inject(seed_hello, SEED_ADDR, node.local_addr)  # an unproven seed peer
     for n in range(12):  # something in flight towards both
         for target in list(node.peers_by_id):
-            try:
+            with contextlib.suppress(WindowFull):
                 node.send_data(target, {"n": n}, net.now)
-            except WindowFull:
-                pass
     net.flush()
     watched = {SEED_ADDR, *SPOOFED}
     for (kind, payload), src, seq, ack, ack_for, dt in steps:

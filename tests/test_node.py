@@ -644,7 +644,7 @@ def test_lost_ack_causes_a_duplicate_that_is_not_delivered_twice():
 
 
 def test_retransmit_request_is_answered_from_the_send_window():
-    server, client, server_id, client_id = pair()
+    _server, client, server_id, _client_id = pair()
     for i in range(3):
         client.send_data(server_id, {"i": i}, T0)
     out = client.datagrams_to_send()
@@ -656,7 +656,7 @@ def test_retransmit_request_is_answered_from_the_send_window():
 
 
 def test_retry_cap_fails_the_send_and_declares_the_peer_dead():
-    server, client, server_id, _ = pair(max_retries=2, rto_initial=0.5, rto_min=0.1)
+    _server, client, server_id, _ = pair(max_retries=2, rto_initial=0.5, rto_min=0.1)
     handle = client.send_data(server_id, {"x": 1}, T0)
     now = T0
     for _ in range(10):
@@ -690,7 +690,7 @@ def test_send_without_route_raises():
 
 
 def test_send_too_large_raises():
-    server, client, server_id, _ = pair()
+    _server, client, server_id, _ = pair()
     # Over one datagram goes as fragments to a p2pfast peer (tests/test_bulk.py); over 1 MiB
     # never leaves.
     with pytest.raises(SendError) as info:
@@ -702,7 +702,7 @@ def test_send_too_large_raises():
 
 
 def test_disconnect_removes_the_peer_and_fails_its_sends():
-    server, client, server_id, client_id = pair()
+    server, client, _server_id, client_id = pair()
     handle = server.send_data(client_id, "x", T0)
     server.datagrams_to_send()
     server.receive_datagram(envelope("Disconnect", {"reason": "done"}), client.local_addr, T0)
@@ -878,7 +878,7 @@ def encode_ack_ranges(msg) -> bytes:
     ],
 )
 def test_hostile_ack_ranges_are_bounded(payload):
-    server, client, server_id, _ = pair()
+    _server, client, server_id, _ = pair()
     client.send_data(server_id, "x", T0)
     client.datagrams_to_send()
     ack = codec.encode(T.Ack, payload, 1, ack_for=str(uuid.uuid4()))
@@ -910,13 +910,13 @@ def test_join_broadcast_is_one_bounded_datagram_per_peer():
 def test_coalesced_ack_ranges_respect_the_length_bound_and_count_once():
     from p2pfast.reliability import MAX_ACK_RANGE_LEN
 
-    server, client, server_id, _ = pair(send_window=1024, duplicate_window=8192)
+    server, client, _server_id, _ = pair(send_window=1024, duplicate_window=8192)
     server.app_attached = True
     peer = server.peers_by_addr[client.local_addr]
     before = server.counters.acks_sent
     server.datagrams_to_send()
     f = peer.ack_floor  # the client's first number
-    for n in list(range(MAX_ACK_RANGE_LEN + 10)) + [4]:  # f + 4 again: a duplicate, acked again
+    for n in [*range(MAX_ACK_RANGE_LEN + 10), 4]:  # f + 4 again: a duplicate, acked again
         seq = f + n
         data = codec.encode(T.Data, {"n": seq}, 1795634857, sequence_number=seq, requires_ack=True)
         server.receive_datagram(data, peer.addr, T0)

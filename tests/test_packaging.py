@@ -92,15 +92,15 @@ def test_the_installed_package_is_the_one_under_test() -> None:
     child = Path(_python("import p2pfast; print(p2pfast.__file__)")).resolve()
     assert child.is_relative_to(site), child
     package = here.parent
-    for stub in (
+    stubs = (
         "_codec.pyi",
         "_window.pyi",
         "_receive.pyi",
         "_sendbatch.pyi",
         "_congestion.pyi",
         "_fragment.pyi",
-        "py.typed",
-    ):
+    )
+    for stub in (*stubs, "py.typed"):
         assert (package / stub).is_file(), f"{stub} missing from the wheel"
     compiled = sorted(p.name for p in package.iterdir() if p.suffix in (".so", ".pyd"))
     # Without P2PFAST_NO_EXTENSIONS: what the wheel provides is what gets used.

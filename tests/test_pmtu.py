@@ -20,6 +20,7 @@ from p2pfast.pmtu import (
     BLACK_HOLE_LOSSES,
     COMMON_SIZES,
     MAX_UDP_PAYLOAD,
+    MAX_UDP_PAYLOAD_IPV6,
     SEARCH_GRANULARITY,
     PathMtu,
 )
@@ -47,19 +48,30 @@ class Run:
     now: float = 0.0
 
 
-def discover(pm: PathMtu, path: Path, now: float = 0.0, max_events: int = 10_000) -> Run:
+def discover(
+    pm: PathMtu,
+    path: Path,
+    now: float = 0.0,
+    max_events: int = 10_000,
+    interface_limit: int | None = None,
+) -> Run:
     """Drive ``pm`` over ``path`` until its search ends (search_complete or error), sending
-    every probe it asks for the moment it asks; bounded in events."""
+    every probe it asks for the moment it asks; bounded in events. Probes larger than
+    ``interface_limit`` are refused by the (simulated) local stack, as EMSGSIZE would."""
     run = Run(now=now)
     acks: list[tuple[float, int]] = []
     for _ in range(max_events):
         size = pm.next_probe(run.now)
         if size is not None:
             run.probes.append(size)
-            if path.carries(size):
+            if interface_limit is not None and size > interface_limit:
+                pm.on_probe_refused(size, run.now)
+            elif path.carries(size):
                 heapq.heappush(acks, (run.now + path.rtt, size))
         if pm.state in ("search_complete", "error", "disabled") and not acks:
             return run
+        if pm.probe_pending:
+            continue  # a refused probe: the next one goes at once
         wake = min(acks[0][0] if acks else math.inf, pm.next_timer())
         assert wake < math.inf, "discovery stalled with nothing scheduled"
         run.now = max(run.now, wake)
@@ -91,6 +103,8 @@ def rungs_up_to(limit: int) -> int:
         1472,  # Ethernet, IPv4
         8952,  # jumbo, IPv6
         8972,  # jumbo, IPv4
+        8973,  # EC2 jumbo, IPv4
+        65488,  # loopback, IPv6
     ],
 )
 def test_converges_exactly_on_common_paths_with_at_most_two_failed_sizes(limit):
@@ -106,6 +120,39 @@ def test_converges_exactly_on_common_paths_with_at_most_two_failed_sizes(limit):
     assert len(run.probes) == pm.probes_sent == successes + 2 * pm.max_probes
     assert run.now == pytest.approx(successes * RTT + 2 * pm.max_probes * pm.probe_timeout)
     assert run.now < 1.5  # the 1,500-byte path settles in ~0.9 s at a 20 ms RTT
+
+
+def test_sizes_the_interface_refuses_fail_at_once():
+    pm = PathMtu()
+    pm.set_rtt(RTT)
+    run = discover(pm, Path(1472), interface_limit=1472)
+    assert pm.current == 1472
+    assert pm.state == "search_complete"
+    assert pm.probes_failed == 2
+    assert run.probes.count(MAX_UDP_PAYLOAD) == 1
+    assert run.probes.count(1473) == 1
+    assert run.now == pytest.approx(pm.probes_acked * RTT)  # no probe timeout waited for
+
+
+def test_a_refusal_for_a_size_not_in_flight_is_ignored():
+    pm = PathMtu()
+    pm.on_probe_refused(BASE_PLPMTU, 0.0)  # not sent yet
+    assert pm.next_probe(0.0) == BASE_PLPMTU
+    pm.on_probe_refused(1472, 0.0)
+    pm.on_probe_acked(BASE_PLPMTU, 0.01)
+    pm.on_probe_refused(MAX_UDP_PAYLOAD, 0.01)  # chosen, not sent
+    assert pm.next_probe(0.02) == MAX_UDP_PAYLOAD
+    assert pm.probes_failed == 0
+    pm.on_probe_refused(MAX_UDP_PAYLOAD, 0.02)
+    assert pm.probes_failed == 1
+    assert pm.current == BASE_PLPMTU
+    assert pm.next_probe(0.02) == BASE_PLPMTU + 1
+
+
+def test_an_ipv6_maximum_finds_ipv6_loopback_with_its_first_probe():
+    pm = PathMtu(maximum=MAX_UDP_PAYLOAD_IPV6)
+    run = discover(pm, Path(MAX_UDP_PAYLOAD_IPV6))
+    assert run.probes == [BASE_PLPMTU, MAX_UDP_PAYLOAD_IPV6]
 
 
 def test_loopback_converges_in_two_round_trips():
@@ -444,7 +491,18 @@ _SIZES = st.one_of(
 _CALLS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["probe", "ack_probe", "ack_in_flight", "timer", "acked", "lost", "rtt", "wait"]
+            [
+                "probe",
+                "ack_probe",
+                "ack_in_flight",
+                "refuse",
+                "refuse_in_flight",
+                "timer",
+                "acked",
+                "lost",
+                "rtt",
+                "wait",
+            ]
         ),
         _SIZES,
         st.floats(0.0, 700.0, allow_nan=False),
@@ -485,6 +543,11 @@ def test_any_sequence_of_calls_keeps_the_invariants(calls, base, maximum, enable
         elif op == "ack_in_flight":
             if pm.in_flight is not None:
                 pm.on_probe_acked(pm.in_flight, now)
+        elif op == "refuse":
+            pm.on_probe_refused(size, now)
+        elif op == "refuse_in_flight":
+            if pm.in_flight is not None:
+                pm.on_probe_refused(pm.in_flight, now)
         elif op == "timer":
             now = max(now, min(pm.next_timer(), now + dt))
             pm.handle_timer(now)

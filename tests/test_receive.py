@@ -232,7 +232,10 @@ def test_an_unproven_session_gets_at_most_three_times_its_bytes(twin):
     h = Harness(twin, twin.receive.DELIVER_COUNT)
     peer = h.peers[PLAIN]
     peer.proven = False
-    tiny = b'{"id":"847332c3-d122-433c-99db-457381ef6092","message_type":"Ping","timestamp":1,"payload":null,"requires_ack":true}'
+    tiny = (
+        b'{"id":"847332c3-d122-433c-99db-457381ef6092","message_type":"Ping","timestamp":1,'
+        b'"payload":null,"requires_ack":true}'
+    )
     sent_bytes = 0
     for i in range(20):
         h.feed(tiny, PLAIN)
@@ -259,7 +262,7 @@ def test_pongs_to_p2pfast_peers_name_the_ping(twin):
 def test_a_ping_with_a_payload_goes_to_the_engine(twin):
     h = Harness(twin)
     ping = encode(T.Ping, {"token": "ab"}, 1795634857)
-    msg, peer, gap = h.feed(ping, FAST)
+    msg, _peer, _gap = h.feed(ping, FAST)
     assert msg.payload == {"token": "ab"} and h.out == []
 
 

@@ -15,7 +15,7 @@ import pytest
 from p2pfast.protocol import MessageType as T
 
 from .helpers import captured, envelope, handshake, routed
-from .netutil import SeedClient, ServerProcess
+from .netutil import SeedClient, ServerProcess, needs_posix_signals
 
 
 @pytest.fixture
@@ -174,6 +174,7 @@ def test_heartbeat_evicts_a_silent_peer_and_tells_the_others():
     assert silent_id != talker_id
 
 
+@needs_posix_signals
 def test_sigterm_sends_disconnect_to_every_peer_and_exits_zero():
     proc = ServerProcess("--network-id", "test", "--log-level", "warning")
     a, b = SeedClient(proc.addr), SeedClient(proc.addr)
@@ -190,6 +191,7 @@ def test_sigterm_sends_disconnect_to_every_peer_and_exits_zero():
         proc.stop()
 
 
+@needs_posix_signals
 def test_sigint_also_exits_zero():
     proc = ServerProcess("--log-level", "warning")
     try:
@@ -301,7 +303,7 @@ def test_unknown_rust_config_blocks_are_accepted(tmp_path):
 def test_server_answers_a_handshake_with_new_uuid_forms(server, clients):
     client = clients()
     info_id = uuid.uuid4()
-    data, info, rid = handshake("upper", node_id=str(info_id).upper())
+    data, _info, rid = handshake("upper", node_id=str(info_id).upper())
     client.send(data.replace(rid.encode(), rid.replace("-", "").encode()))
     ack = client.recv_type(T.Ack)
     assert ack.ack_for == rid  # simple form normalized to hyphenated lowercase

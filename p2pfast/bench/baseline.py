@@ -34,9 +34,11 @@ class EchoProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as any transport; a datagram endpoint gets a datagram one
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # connection_made always comes first: no None check on the echo's only path
         self.transport.sendto(data, addr)  # type: ignore[union-attr]
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: irrelevant for an echo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -27,22 +28,23 @@ from .run import HANDSHAKE_CONCURRENCY, LOSS_TIMEOUT, WARMUP, Progress, RunSpec,
 
 def raise_nofile(needed: int) -> None:
     """One socket per peer: raise the soft RLIMIT_NOFILE to ``needed`` (within the hard one)."""
-    try:
+    if sys.platform == "win32":  # pragma: no cover - no such limit to raise
+        return
+    else:  # (an else, so that type checkers for Windows skip it)
         import resource
-    except ImportError:  # pragma: no cover - Windows: no such limit to raise
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if needed <= soft:
-        return
-    new = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        raise BenchError(
-            f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers"
-        )
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    except (ValueError, OSError) as exc:
-        raise BenchError(f"cannot raise RLIMIT_NOFILE to {new}: {exc}") from None
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if needed <= soft:
+            return
+        new = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+        if hard != resource.RLIM_INFINITY and needed > hard:
+            raise BenchError(
+                f"{needed} file descriptors needed, the hard limit is {hard}: use fewer --peers"
+            )
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError) as exc:
+            raise BenchError(f"cannot raise RLIMIT_NOFILE to {new}: {exc}") from None
 
 
 def _parse_target(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -78,8 +80,8 @@ class _BenchClickError(click.ClickException):
     "--peers",
     "-n",
     type=click.IntRange(1, 19_000),
-    default=1000,
-    help="Simulated peers (one UDP socket each).",
+    default=None,
+    help="Simulated peers (one UDP socket each) [default: 1000; bulk: sender nodes, 1].",
 )
 @click.option(
     "--duration",
@@ -97,13 +99,54 @@ class _BenchClickError(click.ClickException):
     "(1000 peers x 4 fits the server's 4 MiB socket buffer).",
 )
 @click.option(
-    "--size", "-s", type=click.IntRange(0, 60_000), default=64, help="Characters of the Data blob."
+    "--size",
+    "-s",
+    type=click.IntRange(0, 1_048_576),
+    default=None,
+    help="Characters of the Data blob (at most 60000) [default: 64]; bulk: bytes of each "
+    "encoded Data message at most [default: 1048576].",
 )
 @click.option(
     "--workload",
     type=click.Choice(WORKLOADS),
     default="data",
-    help="data: Data+Ack; ping: Ping/Pong; routed: A->server->B.",
+    help="data: Data+Ack; ping: Ping/Pong; routed: A->server->B; bulk: large messages "
+    "node to node, against TCP on uvloop.",
+)
+@click.option(
+    "--count", type=click.IntRange(1, 1_000_000), default=64, help="bulk: messages per peer."
+)
+@click.option("--loss", type=click.FloatRange(0, 0.9), default=0.0, help="bulk: relay loss odds.")
+@click.option(
+    "--duplicate", type=click.FloatRange(0, 1), default=0.0, help="bulk: relay duplication odds."
+)
+@click.option(
+    "--reorder", type=click.FloatRange(0, 1), default=0.0, help="bulk: relay reordering odds."
+)
+@click.option(
+    "--rate", type=click.FloatRange(0.01, 100_000), help="bulk: relay bandwidth limit, MB/s."
+)
+@click.option(
+    "--queue",
+    type=click.IntRange(0, 1 << 30),
+    default=262_144,
+    help="bulk: relay queue bytes (tail-drop) with --rate.",
+)
+@click.option(
+    "--datagram-size",
+    type=click.IntRange(1024, 65_507),
+    help="bulk: max_datagram_size of both nodes.",
+)
+@click.option("--no-pmtu", is_flag=True, help="bulk: pmtu_discovery off on both nodes.")
+@click.option(
+    "--compare-pure", is_flag=True, help="bulk: also run the pure implementation (= --impl both)."
+)
+@click.option("--no-baseline", is_flag=True, help="bulk: skip the TCP transfer.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 3600),
+    default=300.0,
+    help="bulk: seconds each transfer may take.",
 )
 @click.option(
     "--acks",
@@ -188,7 +231,17 @@ def _main(
     rounds: int,
     seed: int | None,
     no_progress: bool,
+    **bulk: Any,
 ) -> None:
+    if workload == "bulk":
+        _bulk(peers or 1, window, size, impl, json_file, seed, rounds, bulk)
+        return
+    peers = peers or 1000
+    size = 64 if size is None else size
+    if size > 60_000:
+        raise BenchError(f"--size {size}: at most 60000 for the {workload} workload")
+    if any(bulk[k] for k in ("loss", "duplicate", "reorder", "rate", "datagram_size", "no_pmtu")):
+        raise BenchError("--loss/--duplicate/--reorder/--rate/--datagram-size/--no-pmtu: bulk only")
     if workload == "routed" and peers < 2:
         raise BenchError("the routed workload needs --peers 2 or more")
     if acks != "plain" and workload != "data":
@@ -252,6 +305,41 @@ def _main(
             "ratios_per_round": per_round,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }  # fmt: skip
+        try:
+            with open(json_file, "w") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        except OSError as exc:
+            raise BenchError(f"cannot write {json_file}: {exc}") from None
+
+
+def _bulk(
+    peers: int,
+    window: int,
+    size: int | None,
+    impl: str,
+    json_file: str | None,
+    seed: int | None,
+    rounds: int,
+    opts: dict[str, Any],
+) -> None:
+    """``--workload bulk``: see :mod:`p2pfast.bench.bulk`."""
+    from .bulk import BulkSpec, format_bulk, run_bulk
+
+    signal.signal(signal.SIGTERM, _terminate)
+    spec = BulkSpec(
+        size=1_048_576 if size is None else size, count=opts["count"], peers=peers,
+        window=window, loss=opts["loss"], duplicate=opts["duplicate"], reorder=opts["reorder"],
+        rate_mbps=opts["rate"], queue=opts["queue"], datagram_size=opts["datagram_size"],
+        pmtu=not opts["no_pmtu"], baseline=not opts["no_baseline"], timeout=opts["timeout"],
+        seed=1 if seed is None else seed,
+    )  # fmt: skip
+    impls = ["compiled", "pure"] if impl == "both" or opts["compare_pure"] else [impl]
+    doc = run_bulk(spec, impls, rounds)
+    click.echo(format_bulk(doc, spec))
+    if json_file:
+        doc.update(command=command_line(), argv=list(sys.argv), machine=machine_info())
+        doc.update(spec=dataclasses.asdict(spec), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         try:
             with open(json_file, "w") as f:
                 json.dump(doc, f, indent=2)

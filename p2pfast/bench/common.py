@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: The closed-loop workloads (see :mod:`p2pfast.bench`).
-WORKLOADS = ("data", "ping", "routed")
+WORKLOADS = ("data", "ping", "routed", "bulk")
 #: ``--acks``: one Ack per Data, or one range Ack per peer per server I/O batch.
 ACK_MODES = ("plain", "coalesced")
 #: The network id the simulated peers present (and the servers the bench starts use);

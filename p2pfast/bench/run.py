@@ -192,6 +192,7 @@ class Run:
             node_id = _uuid4(spec.rng)
             peer = HandshakePeer(b, i, node_id, run_tag, baseline, spec.workload)
             try:
+                # (a lambda with a default binds this peer; mypy cannot infer its type)
                 await loop.create_datagram_endpoint(
                     lambda peer=peer: peer,  # type: ignore[misc]
                     local_addr=("127.0.0.1", 0),

@@ -3,7 +3,6 @@ the keys containing ``wall`` (wall-clock and process figures) and ``implementati
 
 from __future__ import annotations
 
-import resource
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,23 @@ if TYPE_CHECKING:
 
 #: Per-node arrays are included up to this many nodes (beyond, summaries only).
 PER_NODE_LIMIT = 10_000
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB: ``getrusage`` on POSIX, psutil's peak
+    working set on Windows (no ``resource`` module there), None if neither is available."""
+    if sys.platform == "win32":
+        try:
+            import psutil
+        except ImportError:
+            return None
+        peak = getattr(psutil.Process().memory_info(), "peak_wset", None)
+        return round(peak / 2**20, 1) if peak is not None else None
+    else:  # (an else, so that type checkers for Windows skip it)
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
+        return round(rss / 1024 if sys.platform != "darwin" else rss / 2**20, 1)
 
 
 def _summary(values: list[int]) -> dict[str, float]:
@@ -125,14 +141,13 @@ def build_report(sim: Simulation, wall_seconds: float) -> dict[str, Any]:
             "datagrams_received": rx,
             "bytes_received": rx_bytes,
         }
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     wall: dict[str, Any] = {
         "seconds": round(wall_seconds, 3),
         "virtual_seconds_per_wall_second": round(s.duration / wall_seconds, 2)
         if wall_seconds
         else None,
         "datagrams_per_wall_second": round(net.sent / wall_seconds) if wall_seconds else None,
-        "rss_peak_mib": round(rss_kib / 1024 if sys.platform != "darwin" else rss_kib / 2**20, 1),
+        "rss_peak_mib": peak_rss_mib(),
         "ticks_per_second": TICKS_PER_SECOND,
     }
     if sim.profile:
