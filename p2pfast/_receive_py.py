@@ -210,10 +210,15 @@ class Receiver:
     def receive(
         self, data: bytes, addr: Address, now: float
     ) -> tuple[Any, Session | None, bool] | None:
-        """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
-        the engine. Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
+        """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)``
+        for the engine (``message`` None: a binary frame, first byte 0xF5). Raises
+        :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
         counters = self.counters
         counters.bytes_in += len(data)
+        if data[:1] == b"\xf5":
+            # A binary frame (large messages between p2pfast peers): the engine's, with its
+            # session (or None).
+            return (None, self.peers.get(addr), False)
         msg = decode(data)
         mtype = msg.type
         counters.rx_by_type[mtype] += 1

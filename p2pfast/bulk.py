@@ -168,6 +168,9 @@ class BulkConnection:
         self.granted = 0
         self._announced = 0
         self._grant_after = -_INF
+        self._expiry_at = _INF
+        #: Set when receiving moved what :meth:`next_timer` says (the node re-arms then).
+        self.timer_changed = False
         self.credit_update_owed = False
 
         # -- counters (read by the node's statistics)
@@ -393,9 +396,7 @@ class BulkConnection:
         if self.ack_owed:
             at = min(at, self._ack_since + MAX_ACK_DELAY)
         if self._incoming:
-            at = min(
-                at, min(i.last_progress for i in self._incoming.values()) + self.reassembly_timeout
-            )
+            at = min(at, self._expiry_at)
         return at
 
     @property
@@ -436,18 +437,23 @@ class BulkConnection:
                         self._resend(message, start, end)
                 self._last_sent = now
         expired = []
-        if self._incoming:
-            horizon = now - self.reassembly_timeout
+        if self._incoming and now >= self._expiry_at:
+            # One sweep per expiry period, not per timer: O(messages in progress) only then.
+            timeout = self.reassembly_timeout
+            oldest = _INF
             for number, incoming in list(self._incoming.items()):
-                if incoming.last_progress <= horizon:
-                    del self._incoming[number]
-                    total = incoming.reassembly.total
-                    expired.append((number, total))
-                    self.refuse("reassembly_expired")
-                    # Its memory returns to the node, not to this peer: a peer that leaves
-                    # messages half-sent gets no new credit for a while (others may use it).
-                    self._grant_after = now + self.reassembly_timeout
-                    self.release(total, now)
+                if incoming.last_progress + timeout > now:
+                    oldest = min(oldest, incoming.last_progress)
+                    continue
+                del self._incoming[number]
+                total = incoming.reassembly.total
+                expired.append((number, total))
+                self.refuse("reassembly_expired")
+                # Its memory returns to the node, not to this peer: a peer that leaves
+                # messages half-sent gets no new credit for a while (others may use it).
+                self._grant_after = now + timeout
+                self.release(total, now)
+            self._expiry_at = oldest + timeout
         return expired
 
     def _fail_all(self, reason: str) -> None:
@@ -483,6 +489,9 @@ class BulkConnection:
                 self.credit_update_owed = True
                 return None
             incoming = Incoming(total, now)
+            if not self._incoming:
+                self._expiry_at = now + self.reassembly_timeout
+                self.timer_changed = True
             self._incoming[number] = incoming
             self.allocated += total
         reassembly = incoming.reassembly

@@ -418,9 +418,6 @@ class Node:
         try:
             handoff = self._receive(data, addr, now)
         except ProtocolError as exc:
-            if data[:1] == _FRAME_PREFIX:
-                self._on_frame(data, addr, now)
-                return
             counters = self.counters
             counters.malformed += 1
             counters.reject(exc.reason)
@@ -432,6 +429,9 @@ class Node:
         if handoff is None:
             return
         msg, peer, gap = handoff
+        if msg is None:
+            self._on_frame(data, addr, peer, now)
+            return
         self._datagram_size = len(data)  # for the handlers that budget by what they were sent
         try:
             if peer is None:
@@ -1536,13 +1536,12 @@ class Node:
             conn.owner = peer
         return conn
 
-    def _on_frame(self, data: bytes, addr: Address, now: float) -> None:
+    def _on_frame(self, data: bytes, addr: Address, peer: Peer | None, now: float) -> None:
         """A binary frame (0xF5 first): only from a p2pfast peer with a session; a bad one is
         counted and dropped, never answered with more than it is (no amplification)."""
         counters = self.counters
         counters.frames_in += 1
         self._bulk_now = now
-        peer = self.peers_by_addr.get(addr)
         if peer is None or not peer.p2pfast:
             counters.reject("frame_without_session")
             self._log_hostile("frame_without_session", now, "binary frame from %s dropped", addr)
@@ -1554,15 +1553,22 @@ class Node:
         kind = data[1] if len(data) > 1 else 0
         try:
             if kind == fragment.KIND_FRAGMENT:
+                # The per-fragment path: store, owe an ACK (sent once per batch of datagrams, or
+                # after ACK_EVERY fragments), deliver a completed message. Nothing to send or
+                # re-arm unless a new message began or something was refused.
                 counters.fragments_received += 1
                 message = conn.on_fragment(data, now)
-                if conn.ack_owed or conn.credit_update_owed:
+                if conn.ack_owed >= ACK_EVERY:
+                    self._bulk_ack(peer, conn, now)
+                    self.bulk_acks.pop(peer, None)
+                elif conn.ack_owed or conn.credit_update_owed:
                     self.bulk_acks[peer] = None
-                    if conn.ack_owed >= ACK_EVERY:
-                        self._bulk_ack(peer, conn, now)
                 if message is not None:
                     counters.messages_reassembled += 1
                     self._reassembled(peer, conn, message, now)
+                if not conn.timer_changed and not conn.refused:
+                    return
+                conn.timer_changed = False
             elif kind == fragment.KIND_ACK:
                 conn.on_ack(data, now)
             elif kind == fragment.KIND_PROBE:
