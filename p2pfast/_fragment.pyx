@@ -202,6 +202,43 @@ def encode_fragment(uint64_t packet, uint32_t message, uint32_t total, uint32_t 
         _close(&view, &buf)
 
 
+cdef bytes fragment_frame(uint64_t packet, uint32_t message, uint32_t total, uint32_t offset,
+                          bytes data, Py_ssize_t start, Py_ssize_t end):
+    """``encode_fragment`` for C callers: ``0 <= start <= end <= len(data)`` is theirs to
+    ensure."""
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, _FRAGMENT_HEADER + end - start)
+    cdef unsigned char* out = _bytes_data(frame)
+    out[0] = _MAGIC
+    out[1] = 1
+    _put64(out + 2, packet)
+    _put32(out + 10, message)
+    _put32(out + 14, total)
+    _put32(out + 18, offset)
+    memcpy(out + _FRAGMENT_HEADER, PyBytes_AS_STRING(data) + start, <size_t>(end - start))
+    return frame
+
+
+cdef int fragment_header(const unsigned char* frame, Py_ssize_t size, uint64_t* packet,
+                         uint32_t* message, uint32_t* total, uint32_t* offset) except -1:
+    """``parse_fragment`` for C callers: the fields of the ``size``-byte FRAGMENT frame at
+    ``frame``, checked as ``parse_fragment`` checks them (same errors)."""
+    if size <= _FRAGMENT_HEADER:
+        raise ProtocolError("bad_fragment", "fragment without data")
+    packet[0] = _get64(frame + 2)
+    message[0] = _get32(frame + 10)
+    total[0] = _get32(frame + 14)
+    offset[0] = _get32(frame + 18)
+    if total[0] > <uint64_t>_MAX_MESSAGE:
+        raise ProtocolError(
+            "too_large", f"fragment of a {total[0]}-byte message > {MAX_MESSAGE_SIZE}"
+        )
+    if <uint64_t>offset[0] + <uint64_t>(size - _FRAGMENT_HEADER) > total[0]:
+        raise ProtocolError("bad_fragment", "fragment beyond its message's total")
+    if message[0] == 0:
+        raise ProtocolError("bad_fragment", "message number 0")
+    return 0
+
+
 def parse_fragment(frame):
     """``(packet, message, total, offset)`` of a FRAGMENT frame whose data is
     ``frame[FRAGMENT_HEADER:]``; ProtocolError ``bad_fragment`` if the fields are inconsistent
@@ -517,21 +554,28 @@ cdef class RangeSet:
         """Remove and return up to ``limit`` bytes from the start of the first range
         (``(0, 0)`` when empty); ``limit`` must not be negative."""
         cdef int64_t start, end
+        start = self._pop_front(limit, &end)
+        return start, end
+
+    cdef int64_t _pop_front(self, int64_t limit, int64_t* end) except? -1:
+        """``pop_front`` for C callers: returns the start, stores the end."""
+        cdef int64_t start
         if limit < 0:
             raise ValueError("limit must not be negative")
         if self._n == 0:
-            return 0, 0
+            end[0] = 0
+            return 0
         start = self._starts[0]
         if limit >= self._ends[0] - start:
-            end = self._ends[0]
+            end[0] = self._ends[0]
             self._n -= 1
             memmove(self._starts, self._starts + 1, <size_t>self._n * sizeof(int64_t))
             memmove(self._ends, self._ends + 1, <size_t>self._n * sizeof(int64_t))
         else:
-            end = start + limit
-            self._starts[0] = end
-        self.covered -= end - start
-        return start, end
+            end[0] = start + limit
+            self._starts[0] = end[0]
+        self.covered -= end[0] - start
+        return start
 
     def clear(self):
         self._n = 0
@@ -577,45 +621,48 @@ cdef class Reassembly:
         in the message at ``offset`` (parse_fragment has checked that for wire input)."""
         cdef _Bytes view
         cdef Py_buffer buf
-        cdef Py_ssize_t length, end, k, j
-        cdef int64_t first, last, covered
-        cdef RangeSet received = self._received
-        cdef const unsigned char* src
         if self._data == NULL:
             raise ValueError("message already taken")
         _open(frame, &view, &buf)
         try:
             if offset < 0 or not 0 <= at <= view.size or view.size - at > self.total - offset:
                 raise ValueError("fragment outside its message")
-            length = view.size - at
-            if length == 0:
-                return DUPLICATE
-            end = offset + length
-            src = view.data + at
-            k = received._upper_end(offset)
-            j = k
-            covered = 0
-            while j < received._n and received._starts[j] < end:
-                first = received._starts[j]
-                if first < offset:
-                    first = offset
-                last = received._ends[j]
-                if last > end:
-                    last = end
-                if memcmp(self._data + first, src + (first - offset), <size_t>(last - first)):
-                    return MISMATCH
-                covered += last - first
-                j += 1
-            if j > k:
-                if covered == length:
-                    return DUPLICATE
-            elif received._n >= self.max_ranges and received._opens_range(offset, end):
-                return TOO_FRAGMENTED
-            memcpy(self._data + offset, src, <size_t>length)
-            received._add(offset, end)
-            return ADDED
+            return self._insert(offset, view.data + at, view.size - at)
         finally:
             _close(&view, &buf)
+
+    cdef int _insert(self, Py_ssize_t offset, const unsigned char* src,
+                     Py_ssize_t length) except -1:
+        """``insert`` for C callers, of the ``length`` bytes at ``src``: the buffer is not
+        taken and they fit at ``offset`` (the caller checked, as ``fragment_header`` does)."""
+        cdef Py_ssize_t end, k, j
+        cdef int64_t first, last, covered
+        cdef RangeSet received = self._received
+        if length == 0:
+            return _DUPLICATE
+        end = offset + length
+        k = received._upper_end(offset)
+        j = k
+        covered = 0
+        while j < received._n and received._starts[j] < end:
+            first = received._starts[j]
+            if first < offset:
+                first = offset
+            last = received._ends[j]
+            if last > end:
+                last = end
+            if memcmp(self._data + first, src + (first - offset), <size_t>(last - first)):
+                return _MISMATCH
+            covered += last - first
+            j += 1
+        if j > k:
+            if covered == length:
+                return _DUPLICATE
+        elif received._n >= self.max_ranges and received._opens_range(offset, end):
+            return _TOO_FRAGMENTED
+        memcpy(self._data + offset, src, <size_t>length)
+        received._add(offset, end)
+        return _ADDED
 
     def take(self):
         """The whole message (once complete; bytes not received are zeros); the buffer is
@@ -744,6 +791,14 @@ cdef class SentLog:
 
     def sent(self, message, start, end, size, double now):
         """Record a fragment sent now; return its packet number."""
+        return self._record((message, start, end, size, now), now)
+
+    cdef int64_t _sent(self, object message, int64_t start, int64_t end, int64_t size,
+                       double now) except -1:
+        """``sent`` for C callers."""
+        return self._record((message, start, end, size, now), now)
+
+    cdef int64_t _record(self, tuple entry, double now) except -1:
         cdef int64_t packet = self._next_packet
         cdef int64_t slot
         if packet >= _PACKET_LIMIT:
@@ -751,7 +806,7 @@ cdef class SentLog:
         if self._count and packet - self._head > self._mask:
             self._grow(packet)
         slot = packet & self._mask
-        self._entries[slot] = (message, start, end, size, now)
+        self._entries[slot] = entry
         self._times[slot] = now
         self._prev[slot] = self._tail
         self._next[slot] = -1

@@ -20,6 +20,7 @@ _wanted = not _disabled and sys.implementation.name == "cpython"
 if TYPE_CHECKING:
     # Type checkers see the compiled modules (described by their .pyi stubs); each pure twin
     # has the same API, which the test suite runs on both.
+    from . import _bulk as bulk
     from . import _codec as codec
     from . import _congestion as congestion
     from . import _fragment as fragment
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from . import _window as window
 elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
+        from . import _bulk as bulk
         from . import _codec as codec
         from . import _congestion as congestion
         from . import _fragment as fragment
@@ -41,6 +43,7 @@ elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
             RuntimeWarning,
             stacklevel=2,
         )
+        from . import _bulk_py as bulk
         from . import _codec_py as codec
         from . import _fragment_py as fragment
         from . import _receive_py as receive
@@ -48,6 +51,7 @@ elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
         from . import _window_py as window
         from . import congestion
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
+    from . import _bulk_py as bulk
     from . import _codec_py as codec
     from . import _fragment_py as fragment
     from . import _receive_py as receive
@@ -55,7 +59,16 @@ else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS
     from . import _window_py as window
     from . import congestion
 
-__all__ = ["USE_EXTENSIONS", "codec", "congestion", "fragment", "receive", "sendbatch", "window"]
+__all__ = [
+    "USE_EXTENSIONS",
+    "bulk",
+    "codec",
+    "congestion",
+    "fragment",
+    "receive",
+    "sendbatch",
+    "window",
+]
 
 #: True when the compiled Cython modules are the ones in use.
 USE_EXTENSIONS: bool = codec.__name__.endswith("._codec")

@@ -226,7 +226,7 @@ def test_half_sent_messages_cannot_push_a_node_past_its_reassembly_caps():
         conn = victim.peers_by_id[attacker.node_id].bulk
         assert conn is not None
         assert conn.allocated <= conn.granted <= 2 * MiB
-        assert len(conn._incoming) <= 2
+        assert conn.incoming_count <= 2
         committed += conn.allocated - conn.released
     assert committed <= 5 * MiB
     assert victim.bulk_memory.outstanding <= 5 * MiB
@@ -246,7 +246,7 @@ def test_half_sent_messages_cannot_push_a_node_past_its_reassembly_caps():
     assert victim.counters.rejected.get("reassembly_expired", 0) >= 1
     for attacker in attackers:
         conn = victim.peers_by_id[attacker.node_id].bulk
-        assert conn is not None and not conn._incoming
+        assert conn is not None and not conn.incoming_count
     big = payload_of_size(MiB - 1000, 3)
     got = send_all(net, honest, victim, [big], seconds=60)
     assert got == [big]

@@ -15,7 +15,7 @@ PROBE = (
     "print(json.dumps({'use': p2pfast.USE_EXTENSIONS, 'codec': s.codec.__file__,"
     " 'window': s.window.__file__, 'receive': s.receive.__file__,"
     " 'sendbatch': s.sendbatch.__file__, 'congestion': s.congestion.__file__,"
-    " 'fragment': s.fragment.__file__}))"
+    " 'fragment': s.fragment.__file__, 'bulk': s.bulk.__file__}))"
 )
 
 
@@ -41,7 +41,15 @@ def _probe(env_overrides: dict[str, str]) -> dict:
 def test_compiled_modules_are_built_and_loaded():
     info = _probe({})
     assert info["use"] is True, f"compiled extensions not loaded: {info}"
-    for key in ("codec", "window", "receive", "sendbatch", "congestion", "fragment"):
+    for key in (
+        "codec",
+        "window",
+        "receive",
+        "sendbatch",
+        "congestion",
+        "fragment",
+        "bulk",
+    ):
         assert info[key].endswith((".so", ".pyd")), f"{key} loaded from {info[key]}"
 
 
@@ -54,3 +62,4 @@ def test_no_extensions_env_selects_pure_twins():
     assert info["sendbatch"].endswith("_sendbatch_py.py")
     assert os.path.basename(info["congestion"]) == "congestion.py"
     assert info["fragment"].endswith("_fragment_py.py")
+    assert info["bulk"].endswith("_bulk_py.py")

@@ -99,6 +99,7 @@ def test_the_installed_package_is_the_one_under_test() -> None:
         "_sendbatch.pyi",
         "_congestion.pyi",
         "_fragment.pyi",
+        "_bulk.pyi",
     )
     for stub in (*stubs, "py.typed"):
         assert (package / stub).is_file(), f"{stub} missing from the wheel"
@@ -106,7 +107,7 @@ def test_the_installed_package_is_the_one_under_test() -> None:
     # Without P2PFAST_NO_EXTENSIONS: what the wheel provides is what gets used.
     use = _python("import p2pfast; print(int(p2pfast.USE_EXTENSIONS))")
     if EXPECT_EXTENSIONS == "1":
-        assert len(compiled) == 6, compiled
+        assert len(compiled) == 7, compiled
         assert use == "1"
     else:
         assert compiled == []
