@@ -144,7 +144,10 @@ class BatchSender:
         self.blocked = False
         self.errors = 0
         self.syscalls = 0
-        self._gso_enabled = bool(gso) and self._sock is not None and _gso_probe(self._sock)
+        if sys.platform == "win32":  # no UDP_SEGMENT (nor sendmsg) there
+            self._gso_enabled = False
+        else:
+            self._gso_enabled = bool(gso) and self._sock is not None and _gso_probe(self._sock)
         self._gso_max_segment = GSO_MAX_BYTES
         self._gso_sends = 0
         self._gso_segments = 0
@@ -231,7 +234,7 @@ class BatchSender:
                     j += 1
             self.syscalls += 1
             try:
-                if len(run) == 1:
+                if len(run) == 1 or sys.platform == "win32":
                     sock.sendto(data, target)
                 else:
                     sock.sendmsg(

@@ -430,7 +430,10 @@ class Node:
             return
         msg, peer, gap = handoff
         if msg is None:
-            self._on_frame(data, addr, peer, now)
+            try:
+                self._on_frame(data, addr, peer, now)
+            except Exception as exc:  # a defect of ours must not take the node down with it
+                self._internal_error(exc, f"binary frame from {format_addr(addr)}", now)
             return
         self._datagram_size = len(data)  # for the handlers that budget by what they were sent
         try:
@@ -1549,7 +1552,9 @@ class Node:
         peer.last_seen = now
         if not peer.proven:
             peer.budget += AMPLIFICATION_FACTOR * len(data)
-        conn = self._bulk(peer, now)
+        conn = peer.bulk
+        if conn is None:
+            conn = self._bulk(peer, now)
         kind = data[1] if len(data) > 1 else 0
         try:
             if kind == fragment.KIND_FRAGMENT:

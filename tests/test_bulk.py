@@ -455,3 +455,22 @@ def test_a_large_routed_message_crosses_a_hub_as_fragments_and_is_confirmed_end_
     assert hub.counters.messages_reassembled == 1 and hub.counters.fragments_sent > 0
     net.run(2.0)
     assert not consume_all(net, bob)
+
+
+def test_a_defect_while_handling_a_frame_is_counted_and_the_node_keeps_serving(monkeypatch):
+    net = VirtualNet(22, delay=0.001)
+    a, b = pair(net)
+    net.inject(fragment.encode_credit_request(0), a.local_addr, b.local_addr)
+
+    def broken(self, peer, conn, data, now):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(Node, "_reassembled", broken)
+    whole = fragment.encode_fragment(1, 1, 100, 0, b"x" * 100, 0, 100)
+    net.inject(whole, a.local_addr, b.local_addr)
+    assert b.counters.rejected.get("internal_error") == 1
+    monkeypatch.undo()
+    a.send_data(b.node_id, "still served", net.now)
+    net.flush()
+    net.run(1.0)
+    assert [e.payload for e in consume_all(net, b)] == ["still served"]
