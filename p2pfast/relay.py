@@ -16,9 +16,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-Address = tuple[Any, ...]
+from .addr import Address
 
 #: The largest UDP payload over IPv4: the default bucket depth of a rate-limited relay.
 MAX_UDP_PAYLOAD = 65_507

@@ -99,6 +99,9 @@ class BulkSpec:
     duplicate: float = 0.0
     reorder: float = 0.0
     rate_mbps: float | None = None
+    #: The relay drops datagrams larger than this (a path MTU, as a black hole: path-MTU
+    #: discovery has to find it).
+    path_mtu: int | None = None
     queue: int = 262_144
     datagram_size: int | None = None
     pmtu: bool = True
@@ -112,7 +115,7 @@ class BulkSpec:
 
     @property
     def relayed(self) -> bool:
-        return bool(self.loss or self.duplicate or self.reorder or self.rate_mbps)
+        return bool(self.loss or self.duplicate or self.reorder or self.rate_mbps or self.path_mtu)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -197,7 +200,7 @@ class Tally:
             return self._check(payload[:HEADER_LEN], body, len(payload))
         return self._check(repr(payload)[:40], b"", 0)
 
-    def check_bytes(self, data: bytes) -> tuple[int, int, bool, bool]:
+    def check_bytes(self, data: bytes | bytearray) -> tuple[int, int, bool, bool]:
         """The same check of a payload received as its UTF-8 bytes (the TCP baseline)."""
         header = data[:HEADER_LEN].decode("ascii", "replace")
         return self._check(header, memoryview(data)[HEADER_LEN:], len(data))
@@ -352,38 +355,41 @@ async def _receive(args: argparse.Namespace) -> None:
     await server.stop()
 
 
-class _TcpReceiver(asyncio.Protocol):
+class _TcpReceiver(asyncio.BufferedProtocol):
     """Length-prefixed payloads in (the payload string's UTF-8 bytes: a byte stream needs no
-    JSON to carry a string), the same check and a length-prefixed ack out."""
+    JSON to carry a string), the same check and a length-prefixed ack out. The kernel copies
+    each frame straight into a buffer of its size (``BufferedProtocol``): no joins, no slices.
+    """
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
-        self.chunks: list[bytes] = []
-        self.have = 0
-        self.need = 4  # bytes of the length prefix, then of the frame it announces
-        self.in_frame = False
+        self.head = bytearray(4)
+        self.frame: bytearray | None = None  # None: reading the length prefix
+        self.pos = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.have += len(data)
-        while self.have >= self.need:
-            buf = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-            head, rest = buf[: self.need], buf[self.need :]
-            self.chunks = [rest] if rest else []
-            self.have = len(rest)
-            if not self.in_frame:
-                self.need, self.in_frame = int.from_bytes(head, "big"), True
-                continue
-            self.need, self.in_frame = 4, False
-            at = time.monotonic()
-            flow, k, ok, dup = self.tally.check_bytes(head)
-            ack = orjson.dumps([flow, k, ok, dup, at])
-            assert self.transport is not None
-            self.transport.write(len(ack).to_bytes(4, "big") + ack)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.head if self.frame is None else self.frame)[self.pos :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pos += nbytes
+        if self.frame is None:
+            if self.pos == 4:
+                self.frame = bytearray(int.from_bytes(self.head, "big"))
+                self.pos = 0
+            if self.frame is None or self.frame:
+                return
+        elif self.pos < len(self.frame):
+            return
+        frame, self.frame, self.pos = self.frame, None, 0
+        at = time.monotonic()
+        flow, k, ok, dup = self.tally.check_bytes(frame)
+        ack = orjson.dumps([flow, k, ok, dup, at])
+        assert self.transport is not None
+        self.transport.write(len(ack).to_bytes(4, "big") + ack)
 
 
 async def _tcp_receive(args: argparse.Namespace) -> None:
@@ -788,6 +794,8 @@ def _relay_args(spec: BulkSpec, target: tuple[str, int], report: str) -> list[st
     ]  # fmt: skip
     if spec.rate_mbps:
         args += ["--rate", str(spec.rate_mbps * 1e6)]
+    if spec.path_mtu:
+        args += ["--max-size", str(spec.path_mtu)]
     return args
 
 
@@ -842,20 +850,16 @@ def _run_in_child(spec: BulkSpec) -> dict[str, Any]:
         )
         try:
             _, err = proc.communicate(timeout=spec.timeout + 60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        except BaseException as exc:
+            # SIGTERM: the child unwinds and stops its receiver and relay, then exits.
+            proc.terminate()
             try:
                 proc.wait(REPORT_TIMEOUT)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
-            raise BenchError(f"the {spec.impl} bulk run did not finish in time") from None
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(REPORT_TIMEOUT)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise BenchError(f"the {spec.impl} bulk run did not finish in time") from None
             raise
         if proc.returncode != 0:
             lines = err.decode("utf-8", "replace").strip().splitlines()
@@ -937,7 +941,8 @@ def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
             if spec.loss or spec.duplicate or spec.reorder
             else ""
         )
-        + (f", rate {spec.rate_mbps} MB/s queue {spec.queue}" if spec.rate_mbps else ""),
+        + (f", rate {spec.rate_mbps} MB/s queue {spec.queue}" if spec.rate_mbps else "")
+        + (f", path MTU {spec.path_mtu}" if spec.path_mtu else ""),
         f"{'':<20}{'MB/s':>9}{'snd CPU s/MiB':>15}{'rcv CPU s/MiB':>15}"
         f"{'lat p50 ms':>12}{'lat p99 ms':>12}{'loaded p50':>12}{'retx frags':>12}{'loss':>8}",
     ]
@@ -961,7 +966,8 @@ def format_bulk(doc: dict[str, Any], spec: BulkSpec) -> str:
         if relay:
             lines.append(
                 f"{'':<20}relay: dropped {relay['dropped']}, duplicated {relay['duplicated']}, "
-                f"reordered {relay['reordered']}, queue-dropped {relay['queue_dropped']}"
+                f"reordered {relay['reordered']}, queue-dropped {relay['queue_dropped']}, "
+                f"over the path MTU {relay['oversize_dropped']}"
             )
         if r.get("warning"):
             lines.append(f"{'':<20}warning: {r['warning']}")

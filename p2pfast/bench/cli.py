@@ -139,6 +139,11 @@ class _BenchClickError(click.ClickException):
 )
 @click.option("--no-pmtu", is_flag=True, help="bulk: pmtu_discovery off on both nodes.")
 @click.option(
+    "--path-mtu",
+    type=click.IntRange(68, 65_507),
+    help="bulk: the relay drops datagrams over this size (a path-MTU black hole).",
+)
+@click.option(
     "--compare-pure", is_flag=True, help="bulk: also run the pure implementation (= --impl both)."
 )
 @click.option("--no-baseline", is_flag=True, help="bulk: skip the TCP transfer.")
@@ -240,8 +245,13 @@ def _main(
     size = 64 if size is None else size
     if size > 60_000:
         raise BenchError(f"--size {size}: at most 60000 for the {workload} workload")
-    if any(bulk[k] for k in ("loss", "duplicate", "reorder", "rate", "datagram_size", "no_pmtu")):
-        raise BenchError("--loss/--duplicate/--reorder/--rate/--datagram-size/--no-pmtu: bulk only")
+    if any(
+        bulk[k]
+        for k in ("loss", "duplicate", "reorder", "rate", "datagram_size", "no_pmtu", "path_mtu")
+    ):
+        raise BenchError(
+            "--loss/--duplicate/--reorder/--rate/--datagram-size/--no-pmtu/--path-mtu: bulk only"
+        )
     if workload == "routed" and peers < 2:
         raise BenchError("the routed workload needs --peers 2 or more")
     if acks != "plain" and workload != "data":
@@ -331,8 +341,8 @@ def _bulk(
         size=1_048_576 if size is None else size, count=opts["count"], peers=peers,
         window=window, loss=opts["loss"], duplicate=opts["duplicate"], reorder=opts["reorder"],
         rate_mbps=opts["rate"], queue=opts["queue"], datagram_size=opts["datagram_size"],
-        pmtu=not opts["no_pmtu"], baseline=not opts["no_baseline"], timeout=opts["timeout"],
-        seed=1 if seed is None else seed,
+        pmtu=not opts["no_pmtu"], path_mtu=opts["path_mtu"], baseline=not opts["no_baseline"],
+        timeout=opts["timeout"], seed=1 if seed is None else seed,
     )  # fmt: skip
     impls = ["compiled", "pure"] if impl == "both" or opts["compare_pure"] else [impl]
     doc = run_bulk(spec, impls, rounds)
