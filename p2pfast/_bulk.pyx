@@ -567,6 +567,10 @@ cdef class BulkConnection:
                 self.refuse("message_too_far_ahead")
                 return None
             if self.allocated + total > self.granted:
+                # A penalty for an expired message may have ended since the last grant: the
+                # resent fragments of that message must not be refused for ever.
+                self.grant(now)
+            if self.allocated + total > self.granted:
                 self.refuse("over_credit")  # not acknowledged: resent once credit allows
                 self.credit_update_owed = True
                 return None
