@@ -121,7 +121,7 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 #: bytes received from it (per datagram for addresses without a session, cumulatively for
 #: sessions).
 AMPLIFICATION_FACTOR = receive.AMPLIFICATION_FACTOR
-#: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
+#: Peers listed in one broadcast (about what fits a SEED_LIST_DATAGRAM_SIZE DiscoveryResponse).
 BROADCAST_LIMIT = 64
 #: A persisting sequence gap is asked for at most this many times, at most this far apart.
 GAP_REQUESTS = 32
@@ -134,6 +134,9 @@ DIALS_PER_LIST = 8
 DIAL_ALLOWANCE_MAX = 64 * 1024
 #: A session's first sequence number is drawn below this (leaving 2**31 numbers before u32 ends).
 FIRST_SEQ_LIMIT = 2**31 - 2
+#: Largest peer-list datagram toward a peer without the p2pfast capability: what p2pfast has
+#: always sent them (it fits one UDP datagram; they take no fragments).
+SEED_LIST_DATAGRAM_SIZE = 8192
 #: Addresses remembered for the reconnect cooldown after a disconnect.
 MAX_COOLDOWNS = 1024
 _INF = float("inf")
@@ -609,7 +612,7 @@ class Node:
         # A first slice of the peer list, sized so the whole reply stays within the budget
         # (a spoofed handshake cannot amplify); the rest comes by broadcast or on request.
         used = sum(len(data) for data, _ in replies)
-        room = self.config.max_datagram_size if new_peer.proven else new_peer.budget
+        room = self._room(new_peer) if new_peer.proven else new_peer.budget
         others = [p for p in self._sample_peers(64) if p is not new_peer]
         replies.append((discovery_slice(others, ts, room - used), T_DISCOVERY_RESPONSE))
         for data, mtype in replies:
@@ -845,7 +848,7 @@ class Node:
         answering = msg.id if peer.p2pfast else None
         others = [p for p in self.peers_by_id.values() if p is not peer and p.proven]
         self._work += len(others)
-        for chunk in discovery_datagrams(others, ts, self.config.max_datagram_size, answering):
+        for chunk in discovery_datagrams(others, ts, self._room(peer), answering):
             if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
                 break  # an unproven address's budget is spent: the rest would be dropped too
 
@@ -854,7 +857,7 @@ class Node:
         answering = msg.id if peer.p2pfast else None
         peers = self.peers_by_id.values()  # includes the requester, as the Rust server does
         self._work += len(peers)
-        for chunk in node_list_datagrams(peers, ts, self.config.max_datagram_size, answering):
+        for chunk in node_list_datagrams(peers, ts, self._room(peer), answering):
             if not self._queue(chunk, peer, T_LIST_RESPONSE):
                 break  # an unproven address's budget is spent
 
@@ -911,7 +914,7 @@ class Node:
                 self._on_routed(peer, msg, payload, now)
                 return
             if payload.get("cmd") == "get_routes" and len(payload) == 1:
-                routes = self.routes.dump(self._routes_room())
+                routes = self.routes.dump(self._routes_room(peer))
                 self._work += len(routes)
                 self._queue(
                     encode(T_DATA, {"routes": routes}, int(now + self.wall_offset)), peer, T_DATA
@@ -919,9 +922,17 @@ class Node:
                 return
         self._deliver(peer, peer.node_id, payload, msg.id, None, 0, now)
 
-    def _routes_room(self) -> int:
+    def _routes_room(self, peer: Peer) -> int:
         """How many routes one ``get_routes`` reply lists (what fits one datagram)."""
-        return max(1, (self.config.max_datagram_size - ENVELOPE_OVERHEAD) // 120)
+        return max(1, (self._room(peer) - ENVELOPE_OVERHEAD) // 120)
+
+    def _room(self, peer: Peer) -> int:
+        """The largest datagram to build for ``peer``: its path's confirmed size for a p2pfast
+        peer (``max_datagram_size`` until probed), what it always got for any other."""
+        if peer.p2pfast:
+            conn = peer.bulk
+            return conn.datagram_size if conn is not None else self.config.max_datagram_size
+        return max(self.config.max_datagram_size, SEED_LIST_DATAGRAM_SIZE)
 
     def _deliver(
         self,
@@ -1266,7 +1277,7 @@ class Node:
             data = encode(T_P2P_CONNECT, notice, ts)
         except ProtocolError:
             return
-        if len(data) <= self.config.max_datagram_size:
+        if len(data) <= self._room(target):
             self._queue(data, target, T_P2P_CONNECT)
 
     def _on_relay_request(self, peer: Peer, msg: Any, now: float) -> None:
@@ -2052,17 +2063,20 @@ class Node:
         if not announce:
             return
         ts = int(now + self.wall_offset)
-        room = self.config.max_datagram_size
-        shared = discovery_slice(announce, ts, room)
+        shared: dict[int, bytes] = {}  # one slice per datagram size in use
         listed = set(announce)
         for peer in self.peers_by_id.values():
+            room = self._room(peer)
             if peer in listed:
                 others = [p for p in announce if p is not peer]
                 if not others:
                     continue
                 self._queue(discovery_slice(others, ts, room), peer, T_DISCOVERY_RESPONSE)
             else:
-                self._queue(shared, peer, T_DISCOVERY_RESPONSE)
+                data = shared.get(room)
+                if data is None:
+                    data = shared[room] = discovery_slice(announce, ts, room)
+                self._queue(data, peer, T_DISCOVERY_RESPONSE)
 
     def _log_stats(self, now: float) -> None:
         log.info("%s", format_stats_line(self.get_stats(now)))

@@ -474,3 +474,23 @@ def test_a_defect_while_handling_a_frame_is_counted_and_the_node_keeps_serving(m
     net.flush()
     net.run(1.0)
     assert [e.payload for e in consume_all(net, b)] == ["still served"]
+
+
+def test_peer_lists_to_a_p2pfast_peer_fit_its_datagram_size_and_seeds_get_what_they_always_got():
+    from p2pfast.node import SEED_LIST_DATAGRAM_SIZE
+
+    net = VirtualNet(23, delay=0.001)
+    hub = net.add(make_node(9300, max_connections=200))
+    sizes: dict[tuple, list[int]] = {}
+    net.drop_rules.append(lambda d, s, t: bool(sizes.setdefault(t, []).append(len(d))) and False)
+    members = [net.add(make_node(9301 + i)) for i in range(40)]
+    for member in members:
+        net.connect(member, hub)
+    seed_node = net.add(make_node(9400))
+    seed_node.node_info["capabilities"] = ["handshake", "discovery", "data_transfer"]
+    net.connect(seed_node, hub)
+    net.run(2.0)
+    p2p_max = max(n for m in members for n in sizes.get(m.local_addr, [0]))
+    assert p2p_max <= hub.config.max_datagram_size
+    assert max(sizes[seed_node.local_addr]) <= SEED_LIST_DATAGRAM_SIZE
+    assert max(sizes[seed_node.local_addr]) > hub.config.max_datagram_size  # whole lists
