@@ -369,3 +369,22 @@ def test_a_message_delivered_twice_fails_the_run(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(P2PFlow, "send_one", twice)
     with pytest.raises(BenchError, match="delivered twice"):
         run_bulk(_small(baseline=False), [IMPL])
+
+
+def test_bulk_run_in_fragments_through_loss() -> None:
+    import dataclasses
+
+    from p2pfast.config import Config
+
+    if "pmtu_discovery" not in {f.name for f in dataclasses.fields(Config)}:
+        pytest.skip("this p2pfast sends no message over one datagram (no fragmentation)")
+    spec = _small(size=200_000, count=4, datagram_size=1200, pmtu=False, loss=0.03,
+                  reorder=0.03, duplicate=0.03, baseline=False, seed=11)  # fmt: skip
+    (run,) = run_bulk(spec, [IMPL])["runs"]
+    sent = spec.warmup + spec.count + spec.latency_count
+    assert run["receiver"]["tally"]["distinct"] == sent
+    counters = run["counters"]
+    assert counters["fragments_sent"] >= spec.count * (200_000 // 1200)  # ~170 per message
+    assert counters["fragments_retransmitted"] is not None
+    assert run["loss_rate"] is not None and 0 <= run["loss_rate"] < 1
+    assert run["receiver"]["counters"]["messages_reassembled"] >= sent

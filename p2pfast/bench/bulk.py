@@ -28,17 +28,19 @@ what was sent) fails the run (non-zero exit), as does a run over its ``--timeout
 **Latency.** The receiver's ack carries its ``time.monotonic()`` at delivery; on Linux that
 clock (CLOCK_MONOTONIC) is one clock for every process on the machine, so *latency* is one
 way: from the ``send()`` call to the receiver's ``DataReceived``. ``latency_ms`` is measured
-after the bulk phase with one message in flight at a time (``--latency-count`` of them), what
-one message costs on an idle path; ``loaded_latency_ms`` is the same figure for the messages
-of the bulk phase (it includes queueing behind the window).
+after the bulk phase with one message in flight at a time (``BulkSpec.latency_count``, 16),
+what one message costs on an idle path; ``loaded_latency_ms`` is the same figure for the
+messages of the bulk phase (it includes queueing behind the window).
 
-**CPU.** Sender: this process's CPU time (``time.process_time``) over the bulk phase (all
-flows; it runs them all); receiver and relay: their processes' utime + stime from ``/proc``
-(psutil elsewhere), over the same interval. Reported per MiB of payload.
+**CPU.** Each process's own CPU time, all threads (``/proc/PID/task/*/schedstat``, to the
+nanosecond; utime + stime or psutil where that is missing), over the bulk phase: the sender
+is this process (all flows: it runs them all), then the receiver and the relay. Reported per
+MiB of payload.
 
-**Warm-up.** ``--warmup`` messages per flow go before the measurement (slow start, path-MTU
-probing); they are checked but not counted. Counter figures (``fragments_retransmitted`` /
-``fragments_sent``: the *loss rate after slow start*) cover the bulk phase only.
+**Warm-up.** ``BulkSpec.warmup`` (2) messages per flow go before the measurement (slow start,
+path-MTU probing); they are checked but not counted. Counter figures
+(``fragments_retransmitted`` / ``fragments_sent``: the *loss rate after slow start*) cover
+the bulk phase only.
 """
 
 from __future__ import annotations
@@ -818,12 +820,15 @@ def run_bulk_tcp(spec: BulkSpec) -> dict[str, Any]:
 
 
 def _run_loop(coro: Any, timeout: float, what: str) -> dict[str, Any]:
+    from ..errors import P2PError
     from ..server import run
 
     async def bounded() -> dict[str, Any]:
         try:
             result: dict[str, Any] = await asyncio.wait_for(coro, timeout)
             return result
+        except (P2PError, OSError) as exc:  # before TimeoutError: P2PTimeout is one
+            raise BenchError(f"the {what} bulk transfer failed: {exc}") from None
         except asyncio.TimeoutError:
             raise BenchError(
                 f"the {what} bulk transfer did not finish within {timeout:g} s"
