@@ -494,3 +494,18 @@ def test_peer_lists_to_a_p2pfast_peer_fit_its_datagram_size_and_seeds_get_what_t
     assert p2p_max <= hub.config.max_datagram_size
     assert max(sizes[seed_node.local_addr]) <= SEED_LIST_DATAGRAM_SIZE
     assert max(sizes[seed_node.local_addr]) > hub.config.max_datagram_size  # whole lists
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=3000))
+def test_large_string_messages_are_encoded_exactly_as_the_codec_does(text):
+    node = make_node(9500)
+    msg_id = "6f1c1f0e-1111-4222-8333-444455556666"
+    try:
+        expected = codec.encode(int(T.Data), text, 1795634857, id=msg_id)
+    except Exception as exc:
+        with pytest.raises(SendError):
+            node._encode_large(text, msg_id, 1795634857)
+        assert exc is not None
+        return
+    assert node._encode_large(text, msg_id, 1795634857) == expected
