@@ -21,6 +21,9 @@ if not NO_EXTENSIONS:
             Extension("p2pfast._window", ["p2pfast/_window.pyx"]),
             Extension("p2pfast._receive", ["p2pfast/_receive.pyx"]),
             Extension("p2pfast._sendbatch", ["p2pfast/_sendbatch.pyx"]),
+            Extension("p2pfast._congestion", ["p2pfast/_congestion.pyx"]),
+            Extension("p2pfast._fragment", ["p2pfast/_fragment.pyx"]),
+            Extension("p2pfast._bulk", ["p2pfast/_bulk.pyx"]),
         ],
         compiler_directives={
             "language_level": "3",

@@ -55,6 +55,11 @@ cdef extern from "Python.h":
 
 cdef enum:
     _MAX_SIZE = 1048576
+    # The direct scan pays off for ordinary envelopes; past this size it walks the payload byte
+    # by byte before orjson parses it anyway, so a large message (a reassembled fragment
+    # stream) goes straight to orjson, as the pure twin does: the two cost the same near 2 KB,
+    # and at 1 MiB the general path is 7x faster.
+    _FAST_DECODE_MAX = 2048
     _N_TYPES = 17
     _ACK = 11
     _ID_BATCH = 256
@@ -661,9 +666,10 @@ cpdef object decode(object data):
         buf = PyBytes_AS_STRING(data)
         if size >= 20 and memcmp(buf + 4, b"\x21\x12\xa4\x42", 4) == 0:
             raise _perr("stun", "STUN message on the main port")
-        fast = _fast_decode(<const unsigned char*>buf, size)
-        if fast is not None:
-            return fast
+        if size <= _FAST_DECODE_MAX:
+            fast = _fast_decode(<const unsigned char*>buf, size)
+            if fast is not None:
+                return fast
     else:
         # Rare path (bytearray, memoryview, str, ...): exactly the pure twin's Python semantics.
         size = len(data)

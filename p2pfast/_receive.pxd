@@ -21,6 +21,12 @@ cdef class Counters:
     cdef public unsigned long long send_failures
     cdef public unsigned long long handshakes
     cdef public unsigned long long evictions
+    cdef public unsigned long long fragments_sent
+    cdef public unsigned long long fragments_retransmitted
+    cdef public unsigned long long fragments_received
+    cdef public unsigned long long messages_reassembled
+    cdef public unsigned long long frames_in
+    cdef public unsigned long long frames_out
     cdef public dict rejected
 
 

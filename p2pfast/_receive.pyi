@@ -40,6 +40,12 @@ class Counters:
     send_failures: int
     handshakes: int
     evictions: int
+    fragments_sent: int
+    fragments_retransmitted: int
+    fragments_received: int
+    messages_reassembled: int
+    frames_in: int
+    frames_out: int
     rejected: dict[str, int]
     def __init__(self) -> None: ...
     def reject(self, reason: str) -> None: ...

@@ -9,6 +9,7 @@ and the Ack is encoded by a direct call into the codec.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact
 from libc.stdint cimport uint64_t
 
 from p2pfast._codec cimport Message, decode, encode_ack_c, encode_bare_c, encode_reply_c
@@ -75,17 +76,18 @@ cdef class Counters:
 
     @property
     def datagrams_in(self):
-        return sum(self.rx_by_type) + self.malformed
+        return sum(self.rx_by_type) + self.malformed + self.frames_in
 
     @property
     def datagrams_out(self):
-        return sum(self.tx_by_type)  # every datagram queued is counted by type
+        return sum(self.tx_by_type) + self.frames_out  # messages by type, and binary frames
 
 
 COUNTER_FIELDS = (
     "malformed", "bytes_in", "bytes_out", "acks_sent", "acks_received", "retransmits",
     "retransmit_requests", "duplicates", "delivered", "echoed", "forwarded", "send_failures",
-    "handshakes", "evictions",
+    "handshakes", "evictions", "fragments_sent", "fragments_retransmitted", "fragments_received",
+    "messages_reassembled", "frames_in", "frames_out",
 )
 
 
@@ -117,7 +119,7 @@ cdef class Receiver:
 
     cpdef object receive(self, object data, object addr, double now):
         """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
-        the engine. Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
+        the engine (``message`` None: a binary frame, first byte 0xF5). Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
         cdef Counters counters = self.counters
         cdef Message msg
         cdef Session peer
@@ -133,6 +135,10 @@ cdef class Receiver:
         cdef Py_ssize_t size = len(data)
 
         counters.bytes_in += size
+        if size and PyBytes_CheckExact(data) and (<const unsigned char*>PyBytes_AS_STRING(data))[0] == 0xF5:
+            # A binary frame (large messages between p2pfast peers): the engine's, with its
+            # session (or None).
+            return (None, self.peers.get(addr), False)
         msg = <Message>decode(data)
         mtype = msg.type
         _bump(counters.rx_by_type, mtype)

@@ -71,8 +71,14 @@ class Counters:
         "echoed",
         "evictions",
         "forwarded",
+        "fragments_received",
+        "fragments_retransmitted",
+        "fragments_sent",
+        "frames_in",
+        "frames_out",
         "handshakes",
         "malformed",
+        "messages_reassembled",
         "rejected",
         "retransmit_requests",
         "retransmits",
@@ -98,6 +104,13 @@ class Counters:
         self.send_failures = 0
         self.handshakes = 0
         self.evictions = 0
+        #: Large messages: fragments and binary frames (p2pfast.bulk).
+        self.fragments_sent = 0
+        self.fragments_retransmitted = 0
+        self.fragments_received = 0
+        self.messages_reassembled = 0
+        self.frames_in = 0
+        self.frames_out = 0
         self.rejected: dict[str, int] = {}
 
     def reject(self, reason: str) -> None:
@@ -105,11 +118,11 @@ class Counters:
 
     @property
     def datagrams_in(self) -> int:
-        return sum(self.rx_by_type) + self.malformed
+        return sum(self.rx_by_type) + self.malformed + self.frames_in
 
     @property
     def datagrams_out(self) -> int:
-        return sum(self.tx_by_type)  # every datagram queued is counted by type
+        return sum(self.tx_by_type) + self.frames_out  # messages by type, and binary frames
 
 
 #: The scalar counters, in the compiled twin's order (what ``stats.snapshot`` copies). Listed,
@@ -117,7 +130,8 @@ class Counters:
 COUNTER_FIELDS = (
     "malformed", "bytes_in", "bytes_out", "acks_sent", "acks_received", "retransmits",
     "retransmit_requests", "duplicates", "delivered", "echoed", "forwarded", "send_failures",
-    "handshakes", "evictions",
+    "handshakes", "evictions", "fragments_sent", "fragments_retransmitted", "fragments_received",
+    "messages_reassembled", "frames_in", "frames_out",
 )  # fmt: skip
 
 
@@ -196,10 +210,15 @@ class Receiver:
     def receive(
         self, data: bytes, addr: Address, now: float
     ) -> tuple[Any, Session | None, bool] | None:
-        """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)`` for
-        the engine. Raises :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
+        """Process ``data`` from ``addr``: None when done, else ``(message, session, gap)``
+        for the engine (``message`` None: a binary frame, first byte 0xF5). Raises
+        :class:`~p2pfast.errors.ProtocolError` if it does not decode."""
         counters = self.counters
         counters.bytes_in += len(data)
+        if data[:1] == b"\xf5":
+            # A binary frame (large messages between p2pfast peers): the engine's, with its
+            # session (or None).
+            return (None, self.peers.get(addr), False)
         msg = decode(data)
         mtype = msg.type
         counters.rx_by_type[mtype] += 1

@@ -20,13 +20,19 @@ _wanted = not _disabled and sys.implementation.name == "cpython"
 if TYPE_CHECKING:
     # Type checkers see the compiled modules (described by their .pyi stubs); each pure twin
     # has the same API, which the test suite runs on both.
+    from . import _bulk as bulk
     from . import _codec as codec
+    from . import _congestion as congestion
+    from . import _fragment as fragment
     from . import _receive as receive
     from . import _sendbatch as sendbatch
     from . import _window as window
 elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
     try:
+        from . import _bulk as bulk
         from . import _codec as codec
+        from . import _congestion as congestion
+        from . import _fragment as fragment
         from . import _receive as receive
         from . import _sendbatch as sendbatch
         from . import _window as window
@@ -37,17 +43,32 @@ elif _wanted and importlib.util.find_spec(f"{__package__}._codec") is not None:
             RuntimeWarning,
             stacklevel=2,
         )
+        from . import _bulk_py as bulk
         from . import _codec_py as codec
+        from . import _fragment_py as fragment
         from . import _receive_py as receive
         from . import _sendbatch_py as sendbatch
         from . import _window_py as window
+        from . import congestion
 else:  # disabled, not CPython, or installed without them (P2PFAST_NO_EXTENSIONS=1 at build)
+    from . import _bulk_py as bulk
     from . import _codec_py as codec
+    from . import _fragment_py as fragment
     from . import _receive_py as receive
     from . import _sendbatch_py as sendbatch
     from . import _window_py as window
+    from . import congestion
 
-__all__ = ["USE_EXTENSIONS", "codec", "receive", "sendbatch", "window"]
+__all__ = [
+    "USE_EXTENSIONS",
+    "bulk",
+    "codec",
+    "congestion",
+    "fragment",
+    "receive",
+    "sendbatch",
+    "window",
+]
 
 #: True when the compiled Cython modules are the ones in use.
 USE_EXTENSIONS: bool = codec.__name__.endswith("._codec")

@@ -42,8 +42,18 @@ class Config:
     node_id: str | None = None
     #: Echo plain Data back (``{echo, timestamp}``) when no application consumes it.
     echo: bool = True
-    #: Largest datagram p2pfast sends when it splits peer lists.
-    max_datagram_size: int = 8192
+    #: Largest datagram built toward a p2pfast peer (1,200 fits every IPv6 path): larger
+    #: messages are split into fragments; with ``pmtu_discovery`` the size grows per peer up
+    #: to what its path carries (never above this). Peer lists are split to it too.
+    max_datagram_size: int = 1200
+    #: Probe each p2pfast peer's path for larger datagrams (RFC 8899) when it is sent fragments.
+    pmtu_discovery: bool = True
+    #: Reassembly memory (bytes of large messages received and not yet consumed by the
+    #: application) one peer may be granted, and the whole node at most.
+    reassembly_peer_limit: int = 4 * 1024 * 1024
+    reassembly_node_limit: int = 64 * 1024 * 1024
+    #: Seconds an incomplete large message may go without a new fragment before it is dropped.
+    reassembly_timeout: float = 30.0
     #: ``max_hops`` put on routed Data this node originates.
     max_hops: int = 8
     #: Reliability: messages in flight per peer, retransmissions before a send fails.
@@ -120,8 +130,21 @@ class Config:
                 raise ConfigError(f"node_id: not a UUID: {self.node_id!r}") from None
         _non_negative_int("peerlist_broadcast_debounce_ms", self.peerlist_broadcast_debounce_ms)
         _positive_int("max_datagram_size", self.max_datagram_size)
-        if not 1024 <= self.max_datagram_size <= 65_507:
-            raise ConfigError("max_datagram_size: expected 1024..65507 bytes")
+        if not 1200 <= self.max_datagram_size <= 65_507:
+            raise ConfigError("max_datagram_size: expected 1200..65507 bytes")
+        if type(self.pmtu_discovery) is not bool:
+            raise ConfigError(
+                f"pmtu_discovery: expected true or false, got {self.pmtu_discovery!r}"
+            )
+        _positive_int("reassembly_peer_limit", self.reassembly_peer_limit)
+        _positive_int("reassembly_node_limit", self.reassembly_node_limit)
+        if self.reassembly_peer_limit < 1024 * 1024:
+            raise ConfigError(
+                "reassembly_peer_limit: expected at least 1048576 (one whole 1 MiB message)"
+            )
+        if self.reassembly_node_limit < self.reassembly_peer_limit:
+            raise ConfigError("reassembly_node_limit: must not be below reassembly_peer_limit")
+        _positive_number("reassembly_timeout", self.reassembly_timeout)
         _positive_int("max_hops", self.max_hops)
         _positive_int("send_window", self.send_window)
         _non_negative_int("max_retries", self.max_retries)

@@ -9,7 +9,11 @@ system call (:mod:`p2pfast._sendbatch_py`), its events are handed over and one
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -24,6 +28,23 @@ _INF = float("inf")
 # time.monotonic, not loop.time(): uvloop's clock is cached per loop iteration at 1 ms
 # resolution, too coarse for RTT samples.
 _monotonic = time.monotonic
+
+#: Linux's per-socket path-MTU mode (ip(7), ipv6(7)), not in the socket module: "probe" sets
+#: DF, ignores the cached path MTU and never fragments. Elsewhere probes leave as ordinary
+#: datagrams.
+_LINUX = sys.platform.startswith("linux")
+_IP_MTU_DISCOVER = 10
+_IPV6_MTU_DISCOVER = 23
+_PMTUDISC_PROBE = 3
+
+
+def _df_options(family: int) -> list[tuple[int, int]]:
+    """``(level, option)`` pairs that forbid fragmentation on a socket of ``family`` (an IPv6
+    socket may also send to IPv4-mapped addresses: both apply)."""
+    if family == socket.AF_INET6:
+        return [(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER), (socket.IPPROTO_IP, _IP_MTU_DISCOVER)]
+    return [(socket.IPPROTO_IP, _IP_MTU_DISCOVER)]
+
 
 if TYPE_CHECKING:
 
@@ -48,6 +69,7 @@ class NodeEndpoint(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
         self._flush_scheduled = False
+        self._probe_sock: socket.socket | None = None
         self._send_errors = 0
 
     @property
@@ -85,6 +107,9 @@ class NodeEndpoint(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._probe_sock is not None:
+            self._probe_sock.close()
+            self._probe_sock = None
         if self._batch is not None:
             self._batch.close()
         self.transport = None
@@ -94,13 +119,17 @@ class NodeEndpoint(asyncio.DatagramProtocol):
     def flush(self) -> None:
         """Send what the node queued, hand over its events, and re-arm its timer."""
         node = self.node
-        if node.ack_peers:
+        if node.ack_peers or node.bulk_acks:
             node.flush_acks()
         out = node._out  # the node's own queue: read in place, then emptied
         if out:
             if self.transport is not None:
                 self._send(out)
             out.clear()
+        if node.probes:
+            if self.transport is not None:
+                self._send_probes(node.probes)
+            node.probes.clear()
         if node._events:
             self._on_events()
         if node.get_timer() != self._timer_at:
@@ -126,6 +155,47 @@ class NodeEndpoint(asyncio.DatagramProtocol):
                     batch = None
             self._sendto(transport, *out[i])
             i += 1
+
+    def _send_probes(self, probes: list[tuple[bytes, Address]]) -> None:
+        """Path-MTU probes leave with IP fragmentation forbidden (else a probe larger than the
+        path would arrive as IP fragments and prove nothing): the socket's path-MTU mode is
+        switched to "probe" (don't fragment, ignore the cached path MTU) around them, on Linux.
+        A size the local stack refuses (EMSGSIZE) is reported to the node at once."""
+        transport = self.transport
+        assert transport is not None
+        sock = self._probe_socket()
+        if sock is None:  # no way to forbid fragmentation here: they go as ordinary datagrams
+            for data, addr in probes:
+                self._sendto(transport, data, addr)
+            return
+        saved: list[tuple[int, int, int]] = []
+        try:
+            for level, name in _df_options(sock.family):
+                try:
+                    saved.append((level, name, sock.getsockopt(level, name)))
+                    sock.setsockopt(level, name, _PMTUDISC_PROBE)
+                except OSError:  # (IPv4 options on an IPv6-only socket)
+                    continue
+            for data, addr in probes:
+                try:
+                    sock.sendto(data, addr)
+                except OSError as exc:
+                    if exc.errno == errno.EMSGSIZE:
+                        self.node.probe_refused(data, addr, _monotonic())
+                    else:  # a full buffer or an unreachable peer: the probe is simply lost
+                        self._send_errors += 1
+        finally:
+            for level, name, value in saved:
+                sock.setsockopt(level, name, value)
+
+    def _probe_socket(self) -> socket.socket | None:
+        """A duplicate of the endpoint's socket for probes (Linux only), made once."""
+        if self._probe_sock is None and _LINUX and self.transport is not None:
+            raw = self.transport.get_extra_info("socket")
+            if raw is not None:
+                self._probe_sock = socket.socket(fileno=os.dup(raw.fileno()))
+                self._probe_sock.setblocking(False)
+        return self._probe_sock
 
     def _sendto(self, transport: asyncio.DatagramTransport, data: bytes, addr: Address) -> None:
         try:

@@ -51,6 +51,16 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("send_failures", "p2pfast_send_failures", "Reliable sends given up (timeout, peer gone)"),
     ("handshakes", "p2pfast_handshakes", "Handshakes completed (either direction)"),
     ("evictions", "p2pfast_evictions", "Peers evicted for silence or unreachability"),
+    ("fragments_sent", "p2pfast_fragments_sent", "Fragments of large messages sent"),
+    (
+        "fragments_retransmitted",
+        "p2pfast_fragments_retransmitted",
+        "Fragments declared lost (or probed after a timeout) and sent again",
+    ),
+    ("fragments_received", "p2pfast_fragments_received", "Fragments of large messages received"),
+    ("messages_reassembled", "p2pfast_messages_reassembled", "Large messages reassembled whole"),
+    ("frames_in", "p2pfast_frames_received", "Binary frames received (fragments and control)"),
+    ("frames_out", "p2pfast_frames_sent", "Binary frames sent (fragments and control)"),
 )
 
 #: How long a scrape waits for the node's event loop to take the snapshot.

@@ -36,8 +36,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from ._speedups import codec, receive
+import orjson
+
+from ._speedups import codec, fragment, receive
 from .addr import Address, format_addr, parse_addr
+from .bulk import ACK_EVERY, BulkConnection, BulkMemory
 from .config import Config
 from .delivery import DeliveryTracker
 from .errors import ProtocolError, SendError, WindowFull
@@ -69,7 +72,7 @@ from .peerlist import (
     discovery_slice,
     node_list_datagrams,
 )
-from .protocol import MAX_DATAGRAM_SIZE, MessageType
+from .protocol import MAX_DATAGRAM_SIZE, MAX_MESSAGE_SIZE, MessageType
 from .reliability import (
     MAX_ACK_RANGES,
     MAX_RETRANSMIT_REQUEST,
@@ -120,7 +123,7 @@ CAPABILITIES = ("handshake", "discovery", "data_transfer", "reliable", "p2pfast"
 #: bytes received from it (per datagram for addresses without a session, cumulatively for
 #: sessions).
 AMPLIFICATION_FACTOR = receive.AMPLIFICATION_FACTOR
-#: Peers listed in one broadcast (about what fits a max_datagram_size DiscoveryResponse).
+#: Peers listed in one broadcast (about what fits a SEED_LIST_DATAGRAM_SIZE DiscoveryResponse).
 BROADCAST_LIMIT = 64
 #: A persisting sequence gap is asked for at most this many times, at most this far apart.
 GAP_REQUESTS = 32
@@ -133,6 +136,9 @@ DIALS_PER_LIST = 8
 DIAL_ALLOWANCE_MAX = 64 * 1024
 #: A session's first sequence number is drawn below this (leaving 2**31 numbers before u32 ends).
 FIRST_SEQ_LIMIT = 2**31 - 2
+#: Largest peer-list datagram toward a peer without the p2pfast capability: what p2pfast has
+#: always sent them (it fits one UDP datagram; they take no fragments).
+SEED_LIST_DATAGRAM_SIZE = 8192
 #: Addresses remembered for the reconnect cooldown after a disconnect.
 MAX_COOLDOWNS = 1024
 _INF = float("inf")
@@ -148,6 +154,8 @@ _REQUEST_TYPES = frozenset(
     )
 )
 _ROUTED_KEYS = receive.ROUTED_KEYS
+#: First byte of every binary frame (fragments and their control frames): see p2pfast.bulk.
+_FRAME_PREFIX = bytes((fragment.FRAME_MAGIC,))
 
 
 def _is_echo(payload: Any) -> bool:
@@ -248,6 +256,19 @@ class Node:
         #: Peers owed a coalesced Ack (see :meth:`flush_acks`).
         self.ack_peers: list[Peer] = []
         self._gapped: dict[Peer, None] = {}
+        #: Large messages (fragments): the node's reassembly budget, the peers with a transfer
+        #: that wants its timer, those owed an ACK frame, completed messages waiting for room in
+        #: the application's queue, and delivered ones the application has not consumed yet.
+        self.bulk_memory = BulkMemory(config.reassembly_node_limit)
+        self._bulk_active: dict[Peer, None] = {}
+        self.bulk_acks: dict[Peer, None] = {}
+        self._bulk_held: deque[tuple[Peer, bytes]] = deque()
+        #: Path-MTU probes to send with IP fragmentation forbidden (an I/O shell that cannot
+        #: sends them as ordinary datagrams; :meth:`datagrams_to_send` includes them).
+        self.probes: list[tuple[bytes, Address]] = []
+        self._bulk_unconsumed: dict[int, tuple[BulkConnection, int]] = {}
+        #: Messages larger than this go to a p2pfast peer as fragments until its path is probed.
+        self._bulk_threshold = config.max_datagram_size
         #: The first stage of every datagram (compiled): see :mod:`p2pfast._receive_py`.
         self._receiver = receive.Receiver(
             self.peers_by_addr,
@@ -272,6 +293,10 @@ class Node:
         self._connect_at = _INF
         self._discovery_at = now if config.enable_discovery else _INF
         self._delivery_at = _INF
+        self._bulk_at = _INF
+        #: The latest ``now`` seen by the large-message paths (for work the application's
+        #: consumer triggers, which comes without a clock).
+        self._bulk_now = now
         self._next_timer = _INF
         self._retimer()
         self._log_hostile = LogLimiter()
@@ -326,10 +351,19 @@ class Node:
         """DataReceived events delivered and not yet reported consumed."""
         return int(self._receiver.app_pending)
 
-    def app_consumed(self, count: int = 1) -> None:
-        """The application's consumer took ``count`` delivered messages: room for as many."""
+    def app_consumed(self, count: int = 1, message: Event | None = None) -> None:
+        """The application's consumer took ``count`` delivered messages: room for as many.
+        Passing the DataReceived taken (``message``) frees the reassembly memory of a large
+        message, so its sender is granted more."""
         receiver = self._receiver
         receiver.app_pending = max(0, receiver.app_pending - count)
+        if message is not None and self._bulk_unconsumed:
+            entry = self._bulk_unconsumed.pop(id(message), None)
+            if entry is not None:
+                conn, total = entry
+                self._release(conn, total)
+        if self._bulk_held:
+            self._deliver_held(self._bulk_now)
 
     @property
     def work(self) -> int:
@@ -346,10 +380,13 @@ class Node:
         Acks owed to p2pfast peers are coalesced: they are encoded here when ``flush_acks``
         is true, or by :meth:`flush_acks`, which an I/O shell calls once per batch of datagrams.
         """
-        if flush_acks and self.ack_peers:
+        if flush_acks and (self.ack_peers or self.bulk_acks):
             self.flush_acks()
         out = self._out[:]  # the list itself is shared with the receive path: keep it
         self._out.clear()
+        if self.probes:
+            out.extend(self.probes)
+            self.probes.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -371,6 +408,7 @@ class Node:
             self._connect_at,
             self._discovery_at,
             self._delivery_at,
+            self._bulk_at,
         )
 
     # ------------------------------------------------------------------------------------
@@ -396,6 +434,12 @@ class Node:
         if handoff is None:
             return
         msg, peer, gap = handoff
+        if msg is None:
+            try:
+                self._on_frame(data, addr, peer, now)
+            except Exception as exc:  # a defect of ours must not take the node down with it
+                self._internal_error(exc, f"binary frame from {format_addr(addr)}", now)
+            return
         self._datagram_size = len(data)  # for the handlers that budget by what they were sent
         try:
             if peer is None:
@@ -427,6 +471,10 @@ class Node:
         Like a QUIC ACK frame, the Ack also repeats the newest runs its duplicate filter has
         seen (up to ``MAX_ACK_RANGES`` ranges in all), so a lost Ack is made good by the next
         one instead of by a retransmission timeout."""
+        if self.bulk_acks:
+            self._flush_bulk_acks(self._bulk_now)
+        if not self.ack_peers:
+            return
         ts = int(self._receiver.ack_now + self.wall_offset)
         counters = self.counters
         for peer in self.ack_peers:
@@ -566,7 +614,7 @@ class Node:
         # A first slice of the peer list, sized so the whole reply stays within the budget
         # (a spoofed handshake cannot amplify); the rest comes by broadcast or on request.
         used = sum(len(data) for data, _ in replies)
-        room = self.config.max_datagram_size if new_peer.proven else new_peer.budget
+        room = self._room(new_peer) if new_peer.proven else new_peer.budget
         others = [p for p in self._sample_peers(64) if p is not new_peer]
         replies.append((discovery_slice(others, ts, room - used), T_DISCOVERY_RESPONSE))
         for data, mtype in replies:
@@ -651,6 +699,9 @@ class Node:
         notify: bool = True,
         failure: str = "peer_gone",
     ) -> None:
+        conn = peer.bulk
+        if conn is not None:  # first: messages it holds for the application are delivered
+            self._close_bulk(peer, conn, failure)
         if self.peers_by_addr.get(peer.addr) is peer:
             del self.peers_by_addr[peer.addr]
         if self.peers_by_id.get(peer.node_id) is peer:
@@ -661,6 +712,7 @@ class Node:
         self._gapped.pop(peer, None)
         for _seq, msg_id in peer.window.clear():
             self._hop_failed(msg_id, failure)
+
         self._events.append(PeerDisconnected(peer.node_id, peer.addr, reason))
         if notify:
             self._removed_since_broadcast = True
@@ -798,7 +850,7 @@ class Node:
         answering = msg.id if peer.p2pfast else None
         others = [p for p in self.peers_by_id.values() if p is not peer and p.proven]
         self._work += len(others)
-        for chunk in discovery_datagrams(others, ts, self.config.max_datagram_size, answering):
+        for chunk in discovery_datagrams(others, ts, self._room(peer), answering):
             if not self._queue(chunk, peer, T_DISCOVERY_RESPONSE):
                 break  # an unproven address's budget is spent: the rest would be dropped too
 
@@ -807,7 +859,7 @@ class Node:
         answering = msg.id if peer.p2pfast else None
         peers = self.peers_by_id.values()  # includes the requester, as the Rust server does
         self._work += len(peers)
-        for chunk in node_list_datagrams(peers, ts, self.config.max_datagram_size, answering):
+        for chunk in node_list_datagrams(peers, ts, self._room(peer), answering):
             if not self._queue(chunk, peer, T_LIST_RESPONSE):
                 break  # an unproven address's budget is spent
 
@@ -864,7 +916,7 @@ class Node:
                 self._on_routed(peer, msg, payload, now)
                 return
             if payload.get("cmd") == "get_routes" and len(payload) == 1:
-                routes = self.routes.dump(self._routes_room())
+                routes = self.routes.dump(self._routes_room(peer))
                 self._work += len(routes)
                 self._queue(
                     encode(T_DATA, {"routes": routes}, int(now + self.wall_offset)), peer, T_DATA
@@ -872,9 +924,17 @@ class Node:
                 return
         self._deliver(peer, peer.node_id, payload, msg.id, None, 0, now)
 
-    def _routes_room(self) -> int:
+    def _routes_room(self, peer: Peer) -> int:
         """How many routes one ``get_routes`` reply lists (what fits one datagram)."""
-        return max(1, (self.config.max_datagram_size - ENVELOPE_OVERHEAD) // 120)
+        return max(1, (self._room(peer) - ENVELOPE_OVERHEAD) // 120)
+
+    def _room(self, peer: Peer) -> int:
+        """The largest datagram to build for ``peer``: its path's confirmed size for a p2pfast
+        peer (``max_datagram_size`` until probed), what it always got for any other."""
+        if peer.p2pfast:
+            conn = peer.bulk
+            return conn.datagram_size if conn is not None else self.config.max_datagram_size
+        return max(self.config.max_datagram_size, SEED_LIST_DATAGRAM_SIZE)
 
     def _deliver(
         self,
@@ -1114,7 +1174,10 @@ class Node:
         if (
             hop is not None
             and self.peers_by_id.get(hop.node_id) is hop
-            and hop.window.holds(event.handle)
+            and (
+                hop.window.holds(event.handle)
+                or (hop.bulk is not None and hop.bulk.holds(event.handle))
+            )
         ):
             self.deliveries.quiet.add(event.handle)
         self._reopen_destinations()
@@ -1216,7 +1279,7 @@ class Node:
             data = encode(T_P2P_CONNECT, notice, ts)
         except ProtocolError:
             return
-        if len(data) <= self.config.max_datagram_size:
+        if len(data) <= self._room(target):
             self._queue(data, target, T_P2P_CONNECT)
 
     def _on_relay_request(self, peer: Peer, msg: Any, now: float) -> None:
@@ -1421,6 +1484,15 @@ class Node:
         when the window is full or when the next sequence number would run a full receive
         window ahead of the oldest unacknowledged message: a message of either kind must not
         push the peer's duplicate filter past a message it may still have to accept."""
+        if peer.p2pfast:
+            limit = peer.bulk.datagram_size if peer.bulk is not None else self._bulk_threshold
+            if type(payload) is str and len(payload) > limit:
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
+                return
+        else:
+            limit = MAX_DATAGRAM_SIZE
         win = peer.window
         seq = peer.next_seq
         if (reliable and win.full) or win.blocked(seq):
@@ -1440,9 +1512,16 @@ class Node:
         except ProtocolError as exc:
             reason = "too_large" if exc.reason == "too_large" else "bad_payload"
             raise SendError(reason, exc.detail or exc.reason) from None
-        if len(data) > MAX_DATAGRAM_SIZE:
+        if len(data) > limit:
+            if peer.p2pfast:
+                self._send_large(
+                    peer, self._encode_large(payload, msg_id, ts), msg_id, reliable, now
+                )
+                return
             raise SendError(
-                "too_large", f"{len(data)} bytes do not fit one datagram ({MAX_DATAGRAM_SIZE})"
+                "too_large",
+                f"{len(data)} bytes do not fit one datagram ({MAX_DATAGRAM_SIZE} bytes, the most "
+                "a peer without the p2pfast capability takes)",
             )
         peer.next_seq = seq + 1
         if reliable:
@@ -1454,6 +1533,302 @@ class Node:
                 if deadline < self._next_timer:
                     self._next_timer = deadline
         self._queue(data, peer, T_DATA)
+
+    # ------------------------------------------------------------------------------------
+    # Large messages: binary frames between p2pfast peers (p2pfast.bulk)
+
+    def _bulk(self, peer: Peer, now: float) -> BulkConnection:
+        conn = peer.bulk
+        if conn is None:
+            config = self.config
+            conn = peer.bulk = BulkConnection(
+                self.bulk_memory,
+                peer_limit=config.reassembly_peer_limit,
+                max_datagram_size=config.max_datagram_size,
+                pmtu_discovery=config.pmtu_discovery,
+                reassembly_timeout=config.reassembly_timeout,
+                now=now,
+            )
+            conn.owner = peer
+        return conn
+
+    def _on_frame(self, data: bytes, addr: Address, peer: Peer | None, now: float) -> None:
+        """A binary frame (0xF5 first): only from a p2pfast peer with a session; a bad one is
+        counted and dropped, never answered with more than it is (no amplification)."""
+        counters = self.counters
+        counters.frames_in += 1
+        self._bulk_now = now
+        if peer is None or not peer.p2pfast:
+            counters.reject("frame_without_session")
+            self._log_hostile("frame_without_session", now, "binary frame from %s dropped", addr)
+            return
+        peer.last_seen = now
+        if not peer.proven:
+            peer.budget += AMPLIFICATION_FACTOR * len(data)
+        conn = peer.bulk
+        if conn is None:
+            conn = self._bulk(peer, now)
+        kind = data[1] if len(data) > 1 else 0
+        try:
+            if kind == fragment.KIND_FRAGMENT:
+                # The per-fragment path: store, owe an ACK (sent once per batch of datagrams, or
+                # after ACK_EVERY fragments), deliver a completed message. Nothing to send or
+                # re-arm unless a new message began or something was refused.
+                counters.fragments_received += 1
+                message = conn.on_fragment(data, now)
+                if conn.ack_owed >= ACK_EVERY:
+                    self._bulk_ack(peer, conn, now)
+                    self.bulk_acks.pop(peer, None)
+                elif conn.ack_owed or conn.credit_update_owed:
+                    self.bulk_acks[peer] = None
+                if message is not None:
+                    counters.messages_reassembled += 1
+                    self._reassembled(peer, conn, message, now)
+                if not conn.timer_changed and not conn.refused:
+                    return
+                conn.timer_changed = False
+            elif kind == fragment.KIND_ACK:
+                conn.on_ack(data, now)
+            elif kind == fragment.KIND_PROBE:
+                number = fragment.parse_probe(data)
+                self._queue_frame(fragment.encode_probe_ack(number, len(data)), peer)
+            elif kind == fragment.KIND_PROBE_ACK:
+                conn.on_probe_ack(data, now)
+            elif kind == fragment.KIND_CREDIT_REQUEST:
+                conn.on_credit_request(data)
+                conn.grant(now)
+                self.bulk_acks[peer] = None
+            else:
+                raise ProtocolError("unknown_frame", f"frame kind {kind}")
+        except ProtocolError as exc:
+            counters.malformed += 1
+            counters.reject(exc.reason)
+            self._log_hostile(exc.reason, now, "dropped frame from %s: %s", addr, exc)
+        self._bulk_step(peer, conn, now)
+
+    def _reassembled(self, peer: Peer, conn: BulkConnection, data: bytes, now: float) -> None:
+        """A large message is whole: deliver it like a datagram, or hold it while the
+        application's queue is full (its fragments were acknowledged: it must not be lost)."""
+        receiver = self._receiver
+        if self._bulk_held or (
+            receiver.deliver == DELIVER_APP
+            and receiver.app_limit > 0
+            and receiver.app_pending >= receiver.app_limit
+        ):
+            self._bulk_held.append((peer, data))
+            return
+        self._deliver_large(peer, conn, data, now)
+
+    def _deliver_held(self, now: float) -> None:
+        receiver = self._receiver
+        held = self._bulk_held
+        while held and not (
+            receiver.deliver == DELIVER_APP
+            and receiver.app_limit > 0
+            and receiver.app_pending >= receiver.app_limit
+        ):
+            peer, data = held.popleft()
+            conn = peer.bulk
+            if conn is not None:
+                self._deliver_large(peer, conn, data, now)
+
+    def _deliver_large(self, peer: Peer, conn: BulkConnection, data: bytes, now: float) -> None:
+        """Hand a reassembled message to the ordinary receive path (as one datagram of up to
+        1 MiB). Its memory is released when the application consumes the DataReceived it
+        yields (or at once, if it yields none)."""
+        total = len(data)
+        if data[:1] == _FRAME_PREFIX:  # a frame inside a message: never unwrapped twice
+            self.counters.reject("nested_frame")
+            self._release(conn, total)
+            return
+        events = self._events
+        before = len(events)
+        self.counters.bytes_in -= total  # its fragments were counted already
+        self.receive_datagram(data, peer.addr, now)
+        if self._receiver.deliver == DELIVER_APP:
+            for event in list(events)[before:]:
+                if type(event) is DataReceived:
+                    self._bulk_unconsumed[id(event)] = (conn, total)
+                    return
+        self._release(conn, total)
+
+    def _release(self, conn: BulkConnection, total: int) -> None:
+        if conn.dead:
+            return
+        conn.release(total, self._bulk_now)
+        if conn.credit_update_owed:
+            self.bulk_acks[conn.owner] = None
+
+    def _close_bulk(self, peer: Peer, conn: BulkConnection, failure: str) -> None:
+        """The session ends: messages held for the application are delivered (they were
+        acknowledged), unfinished sends fail, the peer's grant returns to the node."""
+        if self._bulk_held and any(p is peer for p, _ in self._bulk_held):
+            keep = deque(entry for entry in self._bulk_held if entry[0] is not peer)
+            mine = [data for p, data in self._bulk_held if p is peer]
+            self._bulk_held = keep
+            limit = self._receiver.app_limit
+            self._receiver.app_limit = 0  # over the limit, once: they must not be lost
+            try:
+                for data in mine:
+                    self._deliver_large(peer, conn, data, self._bulk_now)
+            finally:
+                self._receiver.app_limit = limit
+        conn.close()
+        for handle, _reason in conn.failed:
+            self._hop_failed(handle, failure)
+        conn.failed.clear()
+        self._bulk_active.pop(peer, None)
+        self.bulk_acks.pop(peer, None)
+
+    def probe_refused(self, data: bytes, addr: Address, now: float) -> None:
+        """The I/O shell could not send a probe: the local stack refused its size (EMSGSIZE)."""
+        peer = self.peers_by_addr.get(addr)
+        if peer is None or peer.bulk is None:
+            return
+        peer.bulk.on_probe_refused(len(data), now)
+        self._bulk_step(peer, peer.bulk, now)
+
+    def _bulk_ack(self, peer: Peer, conn: BulkConnection, now: float) -> None:
+        frame = conn.ack_frame(now)
+        if frame is not None:
+            self._queue_frame(frame, peer)
+
+    def _flush_bulk_acks(self, now: float) -> None:
+        for peer in self.bulk_acks:
+            conn = peer.bulk
+            if conn is not None and not conn.dead:
+                self._bulk_ack(peer, conn, now)
+        self.bulk_acks.clear()
+
+    def _queue_frame(self, data: bytes, peer: Peer) -> bool:
+        """Queue one binary frame to a session (within its budget while unproven)."""
+        if not peer.proven:
+            if len(data) > peer.budget:
+                self.counters.reject("amplification_limit")
+                return False
+            peer.budget -= len(data)
+        self._out.append((data, peer.addr))
+        self.counters.bytes_out += len(data)
+        self.counters.frames_out += 1
+        return True
+
+    def _bulk_step(self, peer: Peer, conn: BulkConnection, now: float) -> None:
+        """After anything happened to a transfer: send what is due, report outcomes, re-arm."""
+        out: list[bytes] = []
+        probes: list[bytes] = []
+        sent = conn.fragments_sent
+        conn.transmit(now, out, probes)
+        for probe in probes:
+            if peer.proven:
+                self.probes.append((probe, peer.addr))
+                self.counters.bytes_out += len(probe)
+                self.counters.frames_out += 1
+            else:  # an unproven address gets a probe only within its budget
+                self._queue_frame(probe, peer)
+        counters = self.counters
+        counters.fragments_sent += conn.fragments_sent - sent
+        addr = peer.addr
+        if out:
+            if peer.proven:
+                self._out.extend([(data, addr) for data in out])
+                counters.bytes_out += sum(map(len, out))
+                counters.frames_out += len(out)
+            else:
+                for data in out:
+                    self._queue_frame(data, peer)
+        self._work += conn.work
+        conn.work = 0
+        if conn.fragments_retransmitted:
+            counters.fragments_retransmitted += conn.fragments_retransmitted
+            conn.fragments_retransmitted = 0
+        if conn.refused:
+            for reason, count in conn.refused.items():
+                for _ in range(count):
+                    counters.reject(reason)
+            conn.refused.clear()
+        completed = conn.completed
+        if completed:
+            for handle in completed:
+                self._hop_completed(handle)
+            completed.clear()
+            if peer.window_blocked:
+                peer.window_blocked = False
+                self._events.append(WindowOpened(peer.node_id))
+        if conn.failed:
+            for handle, reason in conn.failed:
+                self._hop_failed(handle, reason)
+            conn.failed.clear()
+        if conn.dead:
+            self._bulk_active.pop(peer, None)
+            if self.peers_by_id.get(peer.node_id) is peer:
+                self._remove_peer(peer, "unreachable", now)
+                counters.evictions += 1
+            return
+        due = conn.next_timer()
+        if due < _INF:
+            self._bulk_active[peer] = None
+            if due < self._bulk_at:
+                self._bulk_at = due
+                if due < self._next_timer:
+                    self._next_timer = due
+        else:
+            self._bulk_active.pop(peer, None)
+
+    def _run_bulk(self, now: float) -> None:
+        self._bulk_now = now
+        self._bulk_at = _INF
+        for peer in list(self._bulk_active):
+            conn = peer.bulk
+            if conn is None or conn.dead:
+                self._bulk_active.pop(peer, None)
+                continue
+            conn.on_timer(now)
+            if conn.ack_owed and now >= conn.ack_deadline:
+                self._bulk_ack(peer, conn, now)
+                self.bulk_acks.pop(peer, None)
+            self._bulk_step(peer, conn, now)
+
+    def _encode_large(self, payload: Any, msg_id: str, ts: int) -> bytes:
+        """A Data message for fragments: no sequence number and no Ack asked (the fragments
+        are acknowledged; the message is delivered once by its message number)."""
+        if type(payload) is str:
+            # The usual bulk payload: one serialization into one buffer. A string has no keys
+            # to sort, so these are exactly encode()'s bytes, without its 1 MiB intermediate.
+            try:
+                data: bytes = orjson.dumps(
+                    {
+                        "id": msg_id,
+                        "message_type": "Data",
+                        "timestamp": ts,
+                        "payload": payload,
+                        "sender_addr": None,
+                        "sequence_number": None,
+                        "requires_ack": False,
+                        "ack_for": None,
+                    }
+                )
+            except TypeError as exc:  # (orjson.JSONEncodeError: a lone surrogate)
+                raise SendError("bad_payload", f"payload is not JSON-serializable: {exc}") from None
+            if len(data) > MAX_MESSAGE_SIZE:
+                raise SendError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_SIZE}")
+            return data
+        try:
+            return encode(T_DATA, payload, ts, id=msg_id)
+        except ProtocolError as exc:
+            reason = "too_large" if exc.reason == "too_large" else "bad_payload"
+            raise SendError(reason, exc.detail or exc.reason) from None
+
+    def _send_large(self, peer: Peer, data: bytes, msg_id: str, reliable: bool, now: float) -> None:
+        """Queue an encoded message too large for one datagram to ``peer`` as fragments."""
+        conn = self._bulk(peer, now)
+        try:
+            conn.send(data, msg_id if reliable else None)
+        except WindowFull as exc:
+            peer.window_blocked = True
+            exc.node_id = peer.node_id
+            raise
+        self._bulk_now = now
+        self._bulk_step(peer, conn, now)
 
     def ping(self, node_id: str, now: float) -> str:
         """Ping a peer; return the Ping's id, which the PongReceived event answering it names."""
@@ -1514,7 +1889,7 @@ class Node:
         self.closed = True
         self._heartbeat_at = self._housekeeping_at = self._stats_at = _INF
         self._broadcast_at = self._window_at = self._gap_at = self._connect_at = _INF
-        self._discovery_at = self._delivery_at = _INF
+        self._discovery_at = self._delivery_at = self._bulk_at = _INF
         self._next_timer = _INF
 
     # ------------------------------------------------------------------------------------
@@ -1543,6 +1918,8 @@ class Node:
             self._run_heartbeat(now)
         if now >= self._discovery_at:
             self._run_discovery(now)
+        if now >= self._bulk_at:
+            self._run_bulk(now)
         if now >= self._delivery_at:
             for handle, hop in self.deliveries.expire(now):
                 self._settle(SendFailed(handle, "timeout"), hop)
@@ -1709,17 +2086,20 @@ class Node:
         if not announce:
             return
         ts = int(now + self.wall_offset)
-        room = self.config.max_datagram_size
-        shared = discovery_slice(announce, ts, room)
+        shared: dict[int, bytes] = {}  # one slice per datagram size in use
         listed = set(announce)
         for peer in self.peers_by_id.values():
+            room = self._room(peer)
             if peer in listed:
                 others = [p for p in announce if p is not peer]
                 if not others:
                     continue
                 self._queue(discovery_slice(others, ts, room), peer, T_DISCOVERY_RESPONSE)
             else:
-                self._queue(shared, peer, T_DISCOVERY_RESPONSE)
+                data = shared.get(room)
+                if data is None:
+                    data = shared[room] = discovery_slice(announce, ts, room)
+                self._queue(data, peer, T_DISCOVERY_RESPONSE)
 
     def _log_stats(self, now: float) -> None:
         log.info("%s", format_stats_line(self.get_stats(now)))

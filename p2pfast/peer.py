@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._speedups import codec, receive, window
 from .addr import Address, format_addr, parse_addr
 from .config import Config
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .bulk import BulkConnection
 
 dump_payload = codec.dump_payload
 normalize_uuid = codec.normalize_uuid
@@ -40,6 +43,7 @@ class Peer(receive.Session):
     __slots__ = (
         "ack_floor",
         "addr_str",
+        "bulk",
         "dial_allowance",
         "echo_token",
         "first_seq",
@@ -100,6 +104,8 @@ class Peer(receive.Session):
         self.gap_at = _INF
         self.gap_requests = 0  # Retransmit requests sent for the gap being waited on
         self.window_blocked = False
+        #: Large-message transfer (fragments), created with the first one either way.
+        self.bulk: BulkConnection | None = None
         #: Our pings awaiting a Pong, id -> time sent (oldest first).
         self.pings: dict[str, float] = {}
         #: Our peer-list requests awaiting an answer, id -> full_info (oldest first).

@@ -180,7 +180,7 @@ class MessageStream:
             raise StopAsyncIteration
         owner = self._inbox.owner
         if owner is not None and not owner.closed:
-            owner.app_consumed(1)
+            owner.app_consumed(1, item)
         return item
 
     async def aclose(self) -> None:
@@ -866,7 +866,7 @@ class P2PServer:
                 log.exception("on_data handler failed")
             finally:
                 if not node.closed:
-                    node.app_consumed(1)
+                    node.app_consumed(1, msg)
 
     async def _run_event_handler(self, inbox: _Inbox[Event]) -> None:
         handler = self._on_event

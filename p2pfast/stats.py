@@ -46,6 +46,12 @@ class ServerStats:
     send_failures: int = 0
     handshakes: int = 0
     evictions: int = 0
+    fragments_sent: int = 0
+    fragments_retransmitted: int = 0
+    fragments_received: int = 0
+    messages_reassembled: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

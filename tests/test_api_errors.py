@@ -252,7 +252,7 @@ async def test_send_error_text_does_not_repeat_its_reason():
     async with P2PServer(config()) as server, P2PServer(config()) as client:
         await client.connect_to_peer(server.local_address)
         with pytest.raises(SendError) as info:
-            await client.send(server.node_id, "x" * 70_000)
+            await client.send(server.node_id, "x" * (1024 * 1024 + 1))
         assert info.value.reason == info.value.code == "too_large"
         assert "too_large" not in str(info.value) and str(info.value)
         with pytest.raises(SendError) as info:

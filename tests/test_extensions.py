@@ -14,7 +14,8 @@ PROBE = (
     "import json, p2pfast, p2pfast._speedups as s;"
     "print(json.dumps({'use': p2pfast.USE_EXTENSIONS, 'codec': s.codec.__file__,"
     " 'window': s.window.__file__, 'receive': s.receive.__file__,"
-    " 'sendbatch': s.sendbatch.__file__}))"
+    " 'sendbatch': s.sendbatch.__file__, 'congestion': s.congestion.__file__,"
+    " 'fragment': s.fragment.__file__, 'bulk': s.bulk.__file__}))"
 )
 
 
@@ -40,7 +41,15 @@ def _probe(env_overrides: dict[str, str]) -> dict:
 def test_compiled_modules_are_built_and_loaded():
     info = _probe({})
     assert info["use"] is True, f"compiled extensions not loaded: {info}"
-    for key in ("codec", "window", "receive", "sendbatch"):
+    for key in (
+        "codec",
+        "window",
+        "receive",
+        "sendbatch",
+        "congestion",
+        "fragment",
+        "bulk",
+    ):
         assert info[key].endswith((".so", ".pyd")), f"{key} loaded from {info[key]}"
 
 
@@ -51,3 +60,6 @@ def test_no_extensions_env_selects_pure_twins():
     assert info["window"].endswith("_window_py.py")
     assert info["receive"].endswith("_receive_py.py")
     assert info["sendbatch"].endswith("_sendbatch_py.py")
+    assert os.path.basename(info["congestion"]) == "congestion.py"
+    assert info["fragment"].endswith("_fragment_py.py")
+    assert info["bulk"].endswith("_bulk_py.py")

@@ -19,7 +19,7 @@ from p2pfast.events import (
     SendCompleted,
     SendFailed,
 )
-from p2pfast.node import Node
+from p2pfast.node import SEED_LIST_DATAGRAM_SIZE, Node
 from p2pfast.protocol import MAX_MESSAGE_SIZE
 from p2pfast.protocol import MessageType as T
 
@@ -361,6 +361,8 @@ def test_eviction_is_told_to_the_others():
 
 
 def test_discovery_request_lists_others_and_splits_large_lists():
+    # Toward a seed peer lists are split at SEED_LIST_DATAGRAM_SIZE (8192), as p2pfast always
+    # did, whatever max_datagram_size says (that caps datagrams toward p2pfast peers).
     node = make_node(max_connections=500, max_datagram_size=2048)
     ids = {join(node, ("127.0.0.2", 20000 + i), f"p{i}") for i in range(120)}
     requester = next(iter(node.peers_by_addr))
@@ -371,7 +373,7 @@ def test_discovery_request_lists_others_and_splits_large_lists():
     assert sorted(listed) == sorted(ids - {node.peers_by_addr[requester].node_id})
     raw = [d for d, a in node.datagrams_to_send()]
     node.receive_datagram(envelope("DiscoveryRequest"), requester, T0)
-    assert all(len(d) <= 2048 for d, _ in node.datagrams_to_send())
+    assert all(len(d) <= SEED_LIST_DATAGRAM_SIZE for d, _ in node.datagrams_to_send())
     assert raw == []
 
 
@@ -395,7 +397,8 @@ def test_list_nodes_splits_across_datagrams():
     node.receive_datagram(envelope("ListNodesRequest"), ("127.0.0.2", 20000), T0)
     out = node.datagrams_to_send()
     msgs = decoded(out)
-    assert len(msgs) > 1 and all(len(d) <= 1500 for d, _ in out)
+    # (seed peers: split at SEED_LIST_DATAGRAM_SIZE, as p2pfast always did toward them)
+    assert len(msgs) > 1 and all(len(d) <= SEED_LIST_DATAGRAM_SIZE for d, _ in out)
     assert sum(len(m.payload["nodes"]) for m in msgs) == 60
 
 
@@ -691,11 +694,11 @@ def test_send_without_route_raises():
 
 def test_send_too_large_raises():
     _server, client, server_id, _ = pair()
+    # Over one datagram goes as fragments to a p2pfast peer (tests/test_bulk.py); over 1 MiB
+    # never leaves.
     with pytest.raises(SendError) as info:
-        client.send_data(server_id, "x" * 70_000, T0)
-    assert info.value.reason == "too_large"
-    with pytest.raises(SendError):
         client.send_data(server_id, "x" * (MAX_MESSAGE_SIZE + 1), T0)
+    assert info.value.reason == "too_large"
 
 
 # -- disconnect, p2p connect, relay, shutdown --------------------------------------------
@@ -902,7 +905,7 @@ def test_join_broadcast_is_one_bounded_datagram_per_peer():
     node.handle_timer(T0 + 1.0)
     out = node.datagrams_to_send()
     assert len(out) <= 1500 and len({a for _, a in out}) == len(out)
-    assert all(len(d) <= node.config.max_datagram_size for d, _ in out)
+    assert all(len(d) <= SEED_LIST_DATAGRAM_SIZE for d, _ in out)  # (seed peers)
     listed = decoded(out[:1])[0].payload
     assert 0 < len(listed) <= 64
 

@@ -92,13 +92,22 @@ def test_the_installed_package_is_the_one_under_test() -> None:
     child = Path(_python("import p2pfast; print(p2pfast.__file__)")).resolve()
     assert child.is_relative_to(site), child
     package = here.parent
-    for stub in ("_codec.pyi", "_window.pyi", "_receive.pyi", "_sendbatch.pyi", "py.typed"):
+    stubs = (
+        "_codec.pyi",
+        "_window.pyi",
+        "_receive.pyi",
+        "_sendbatch.pyi",
+        "_congestion.pyi",
+        "_fragment.pyi",
+        "_bulk.pyi",
+    )
+    for stub in (*stubs, "py.typed"):
         assert (package / stub).is_file(), f"{stub} missing from the wheel"
     compiled = sorted(p.name for p in package.iterdir() if p.suffix in (".so", ".pyd"))
     # Without P2PFAST_NO_EXTENSIONS: what the wheel provides is what gets used.
     use = _python("import p2pfast; print(int(p2pfast.USE_EXTENSIONS))")
     if EXPECT_EXTENSIONS == "1":
-        assert len(compiled) == 4, compiled
+        assert len(compiled) == 7, compiled
         assert use == "1"
     else:
         assert compiled == []

@@ -15,6 +15,7 @@ exactly what ``send`` wrote. No timing assertions; every receive is bounded by a
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import socket
@@ -31,6 +32,7 @@ V4 = "127.0.0.1"
 V6 = "::1"
 #: On Windows both twins hand every pair to the transport (see the last test).
 WINDOWS = sys.platform == "win32"
+LINUX = sys.platform.startswith("linux")
 
 
 @pytest.fixture(params=["c", "py"])
@@ -80,15 +82,16 @@ class Sockets:
         return sock
 
     def receiver(self, family: int = socket.AF_INET, **kw) -> socket.socket:
-        return self.udp(family, (V4 if family == socket.AF_INET else V6, 0), rcvbuf=1 << 20, **kw)
+        kw.setdefault("rcvbuf", 1 << 20)
+        return self.udp(family, (V4 if family == socket.AF_INET else V6, 0), **kw)
 
     def sender_socket(self, family: int = socket.AF_INET, **kw) -> socket.socket:
         """A non-blocking UDP socket bound to loopback (as the endpoint's transport socket)."""
         kw.setdefault("bind", (V4 if family == socket.AF_INET else V6, 0))
         return self.udp(family, blocking=False, **kw)
 
-    def batch(self, mod, sock: socket.socket):
-        sender = mod.BatchSender(sock.fileno(), sock.family)
+    def batch(self, mod, sock: socket.socket, **kw):
+        sender = mod.BatchSender(sock.fileno(), sock.family, **kw)
         self._senders.append(sender)
         return sender
 
@@ -157,6 +160,39 @@ def payloads(items, indices) -> list[bytes]:
     return [items[i][0] for i in indices]
 
 
+def gso_runs(items, max_segment: int = 65507) -> list[int]:
+    """How many datagrams each message carries when ``items`` (all sendable) go with
+    segmentation offload: a run is consecutive datagrams to one address, all of the first's
+    size but the last, which may be shorter (not empty); at most 64 of them, 65,507 bytes in
+    all, and total + 48 <= 64 * size (older kernels count IPv6 + UDP headers in that limit)."""
+    runs: list[list] = []  # [key, size, count, total, closed]
+    for data, addr in items:
+        key = (ipaddress.ip_address(addr[0]), addr[1])
+        n = len(data)
+        if runs:
+            r = runs[-1]
+            total = r[3] + n
+            if (
+                r[0] == key
+                and not r[4]
+                and 0 < n <= r[1] <= max_segment
+                and r[2] < 64
+                and total <= 65507
+                and total + 48 <= 64 * r[1]
+            ):
+                r[2] += 1
+                r[3] = total
+                r[4] = n < r[1]
+                continue
+        runs.append([key, n, 1, n, False])
+    return [r[2] for r in runs]
+
+
+def py_syscalls(sender, items) -> int:
+    """``sendto``/``sendmsg`` calls the pure twin makes for ``items`` (all sendable)."""
+    return len(gso_runs(items)) if sender.gso_enabled else len(items)
+
+
 def drive(sender, items) -> list[tuple[int, bool]]:
     """Drive ``sender`` over all of ``items`` as an endpoint would, skipping each pair it stops
     at for a reason other than a full buffer; the (index, blocked) after every call."""
@@ -182,6 +218,13 @@ def test_module_surface(sendbatch, socks):
     assert sender.blocked is False
     assert sender.errors == 0 and sender.syscalls == 0
     assert type(sender.errors) is int and type(sender.syscalls) is int
+    assert sendbatch.GSO_MAX_SEGMENTS == 64 and sendbatch.GSO_MAX_BYTES == 65507
+    assert type(sender.gso_enabled) is bool
+    assert sender.gso_enabled is LINUX  # this suite runs on a kernel >= 4.18 when on Linux
+    assert sender.gso_max_segment == 65507
+    for counter in ("gso_sends", "gso_segments", "gso_failures"):
+        assert getattr(sender, counter) == 0 and type(getattr(sender, counter)) is int
+    assert socks.batch(sendbatch, socks.sender_socket(), gso=False).gso_enabled is False
 
 
 # --------------------------------------------------------------------------- 1. batches
@@ -228,7 +271,7 @@ def test_start_sends_only_the_tail(sendbatch, socks):
     assert sender.blocked is False
     assert until_sentinel(sock, receiver) == payloads(items, range(5, 10))
     if not _compiled(sendbatch):
-        assert sender.syscalls == 5
+        assert sender.syscalls == py_syscalls(sender, items[5:])
 
     assert sender.send(items, len(items)) == len(items)  # nothing left: no-op
     assert until_sentinel(sock, receiver) == []
@@ -299,7 +342,7 @@ def test_stops_at_unsendable_pair(sendbatch, socks, bad, where):
     assert sender.errors == 0
     assert until_sentinel(sock, receiver) == payloads(items, range(where))  # before it, not after
     if not _compiled(sendbatch):
-        assert sender.syscalls == where
+        assert sender.syscalls == py_syscalls(sender, items[:where])
 
     assert sender.send(items, where) == where  # again: still stops there, sends nothing
     assert sender.blocked is False
@@ -468,7 +511,7 @@ def test_full_socket_buffer_contract(sendbatch, socks):
 
 
 def _mixed_items(p4: int) -> list:
-    items = [(b"m-%03d" % k, (V4, p4)) for k in range(150)]
+    items: list = [(b"m-%03d" % k, (V4, p4)) for k in range(150)]
     bad = {
         0: (b"BAD", ("localhost", p4)),
         1: (b"BAD", (V6, p4)),
@@ -554,3 +597,351 @@ def test_windows_hands_every_pair_to_the_transport(sendbatch):
         assert sender.send(items, 1) == 1 and sender.blocked is False
         assert sender.syscalls == 0 and sender.errors == 0
         sender.close()
+
+
+# ------------------------------------------------------------------------- 9. segmentation offload
+#
+# On Linux a run of equal-size datagrams to one address goes as one message with UDP_SEGMENT;
+# the receiving sockets below have no UDP_GRO, so the kernel hands them each datagram on its
+# own, and every test checks exactly what arrived, byte for byte and in order.
+
+needs_gso = pytest.mark.skipif(not LINUX, reason="UDP_SEGMENT is Linux's")
+
+SOL_UDP = 17
+UDP_NO_CHECK6_TX = 101
+UDP_NO_CHECK6_RX = 102
+SO_NO_CHECK = 11  # Linux
+IPV6_MTU = 24  # Linux
+
+
+def _datagrams(count: int, size: int, tag: int = 0) -> list[bytes]:
+    """``count`` distinct datagrams of ``size`` bytes (each one's index and tag inside)."""
+    out = []
+    for k in range(count):
+        head = b"%d:%d:" % (tag, k)
+        out.append((head * (size // len(head) + 1))[:size])
+    return out
+
+
+@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["v4", "v6"])
+def family(request, socks) -> int:
+    """IPv4 and IPv6 (skipped unless ::1 can be bound)."""
+    if request.param == socket.AF_INET6:
+        request.getfixturevalue("ipv6")
+    return request.param
+
+
+def _gso_counts(sender, runs: list[int]) -> None:
+    """``sender`` sent exactly ``runs`` (datagrams per message) with offload where it could."""
+    multi = [r for r in runs if r > 1]
+    assert (sender.gso_sends, sender.gso_segments) == (len(multi), sum(multi))
+
+
+@needs_gso
+@pytest.mark.parametrize(
+    ("count", "size", "last"),
+    [
+        (10, 1200, 1),
+        (10, 1200, 1199),
+        (10, 1200, 1200),
+        (2, 1, 1),
+        (53, 1200, 1200),  # 54 * 1,200 = 64,800 bytes
+        (1, 8000, 3),
+        (63, 1000, 952),  # 64 segments, 63,952 + 48 = 64 * 1,000 bytes: the most there is
+    ],
+    ids=lambda v: str(v),
+)
+def test_run_arrives_as_its_datagrams(sendbatch, socks, family, count, size, last):
+    receiver = socks.receiver(family)
+    sock = socks.sender_socket(family)
+    sender = socks.batch(sendbatch, sock)
+    addr = receiver.getsockname()[:2]
+    items = [(d, addr) for d in _datagrams(count, size)] + [(b"L" * last, addr)]
+
+    assert sender.send(items) == len(items)
+    assert sender.blocked is False and sender.errors == 0 and sender.gso_failures == 0
+    assert sender.gso_enabled is True
+    assert (sender.gso_sends, sender.gso_segments) == (1, count + 1)  # one message for all
+    assert sender.syscalls == 1
+    assert recv_n(receiver, len(items)) == [d for d, _ in items]
+    assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+def test_mixed_batch_addresses_and_sizes(sendbatch, socks, family):
+    receivers = [socks.receiver(family) for _ in range(3)]
+    a, b, c = (r.getsockname()[:2] for r in receivers)
+    sock = socks.sender_socket(family)
+    sender = socks.batch(sendbatch, sock)
+    d = _datagrams(40, 1200, tag=1)
+    e = _datagrams(40, 700, tag=2)
+    plan = (
+        [(x, a) for x in d[:5]]  # a run of 5
+        + [(d[5], b), (d[6], a), (d[7], b)]  # interleaved: no runs
+        + [(x, c) for x in e[:4]]  # a run of 4 of another size ...
+        + [(d[8], c)]  # ... a larger one ends it (and is alone: 700 < 1200 then b)
+        + [(e[4], b), (e[5], b), (b"short", b), (e[6], b)]  # a shorter one ends a run
+        + [(b"", a), (b"", a)]  # empty datagrams never join a run (nor start one)
+        + [(x, a) for x in d[9:20]]  # then a run of 11
+        + [(x, b) for x in e[10:30]]  # and one of 20
+    )
+    runs = [5, 1, 1, 1, 4, 1, 3, 1, 1, 1, 11, 20]
+    assert gso_runs(plan) == runs  # the model agrees with the intent spelled above
+
+    assert sender.send(plan) == len(plan)
+    assert sender.blocked is False and sender.errors == 0
+    _gso_counts(sender, runs)
+    if not _compiled(sendbatch):
+        assert sender.syscalls == len(runs)
+    for receiver in receivers:
+        expected = [x for x, to in plan if to == receiver.getsockname()[:2]]
+        assert recv_n(receiver, len(expected)) == expected
+        assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+@pytest.mark.parametrize(
+    ("count", "size", "runs"),
+    [
+        # 64 segments of 100 would be 6,400 bytes: older kernels count 48 bytes of headers
+        # in 64 * 100, so 63 per message.
+        (200, 100, [63, 63, 63, 11]),
+        (16, 1, [16]),
+        (17, 1, [16, 1]),
+        (200, 1200, [54, 54, 54, 38]),  # 54 * 1,200 = 64,800 <= 65,507 < 55 * 1,200
+        (5, 30_000, [2, 2, 1]),
+        (3, 40_000, [1, 1, 1]),  # two would exceed 65,507: each alone
+        (2, 32_753, [2]),  # 65,506 bytes
+        (2, 32_754, [1, 1]),  # 65,508 bytes
+        (130, 1000, [63, 63, 4]),  # 64 would be 64,000 bytes + 48 > 64 * 1,000
+    ],
+    ids=lambda v: str(v),
+)
+def test_long_runs_are_split_at_the_kernel_limits(sendbatch, socks, family, count, size, runs):
+    receiver = socks.receiver(family, rcvbuf=1 << 22)
+    sock = socks.sender_socket(family)
+    sender = socks.batch(sendbatch, sock)
+    addr = receiver.getsockname()[:2]
+    items = [(x, addr) for x in _datagrams(count, size)]
+    assert gso_runs(items) == runs
+
+    assert sender.send(items) == len(items)
+    assert sender.blocked is False and sender.errors == 0 and sender.gso_failures == 0
+    _gso_counts(sender, runs)
+    if not _compiled(sendbatch):
+        assert sender.syscalls == len(runs)
+    assert recv_n(receiver, len(items)) == [x for x, _ in items]
+    assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+def test_runs_across_batches_of_messages(sendbatch, socks):
+    """More messages than one sendmmsg takes (64): the compiled twin needs several calls, and
+    a run is never cut by a call boundary."""
+    r1, r2 = socks.receiver(), socks.receiver()
+    a, b = r1.getsockname(), r2.getsockname()
+    sock = socks.sender_socket()
+    sender = socks.batch(sendbatch, sock)
+    items = []
+    for k in range(100):
+        items += [(x, a if k % 2 else b) for x in _datagrams(1 + k % 4, 300, tag=k)]
+    runs = gso_runs(items)
+    assert len(runs) == 100
+
+    assert sender.send(items) == len(items)
+    assert sender.errors == 0
+    _gso_counts(sender, runs)
+    if _compiled(sendbatch):
+        assert sender.syscalls == 2  # 100 messages: 64 + 36
+    for receiver in (r1, r2):
+        expected = [x for x, to in items if to == receiver.getsockname()]
+        assert recv_n(receiver, len(expected)) == expected
+        assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+def test_gso_off_sends_each_datagram(sendbatch, socks):
+    receiver = socks.receiver()
+    sock = socks.sender_socket()
+    sender = socks.batch(sendbatch, sock, gso=False)
+    items = [(x, receiver.getsockname()) for x in _datagrams(100, 1200)]
+    assert sender.gso_enabled is False
+    assert sender.send(items) == len(items)
+    assert (sender.gso_sends, sender.gso_segments, sender.gso_failures) == (0, 0, 0)
+    assert sender.syscalls == (2 if _compiled(sendbatch) else 100)
+    assert recv_n(receiver, len(items)) == [x for x, _ in items]
+
+
+def _no_checksum(sock: socket.socket) -> None:
+    """UDP checksums off on the sender: the kernel then refuses offload (EINVAL in
+    udp_send_skb / udp_v6_send_skb) and still sends plain datagrams."""
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    else:
+        sock.setsockopt(SOL_UDP, UDP_NO_CHECK6_TX, 1)
+
+
+@needs_gso
+def test_kernel_refusing_offload_turns_it_off_and_loses_nothing(sendbatch, socks, family):
+    receiver = socks.receiver(family)
+    if family == socket.AF_INET6:
+        receiver.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)  # IPv6 needs it to take them
+    sock = socks.sender_socket(family)
+    _no_checksum(sock)
+    sender = socks.batch(sendbatch, sock)
+    assert sender.gso_enabled is True  # the probe cannot know: the first run finds out
+    addr = receiver.getsockname()[:2]
+    items = [(x, addr) for x in [b"one", *_datagrams(30, 1200, tag=1), b"tail"]]
+
+    assert sender.send(items) == len(items)
+    assert sender.gso_enabled is False
+    assert sender.gso_failures == 1
+    assert (sender.gso_sends, sender.gso_segments) == (0, 0)
+    assert sender.errors == 0 and sender.blocked is False
+    assert recv_n(receiver, len(items)) == [x for x, _ in items]
+
+    more = [(x, addr) for x in _datagrams(10, 1200, tag=2)]
+    calls = sender.syscalls
+    assert sender.send(more) == len(more)
+    assert sender.gso_failures == 1  # not tried again
+    if not _compiled(sendbatch):
+        assert sender.syscalls - calls == 10
+    assert recv_n(receiver, len(more)) == [x for x, _ in more]
+    assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+@pytest.mark.usefixtures("ipv6")
+def test_segment_beyond_the_route_mtu_goes_plain_and_lowers_the_ceiling(sendbatch, socks):
+    """IPV6_MTU caps the sender's path MTU at 1,280: a 1,400-byte segment does not fit
+    (EMSGSIZE), the same datagrams sent alone are fragmented by IPv6 and arrive; smaller
+    segments keep going with offload."""
+    receiver = socks.receiver(socket.AF_INET6)
+    sock = socks.sender_socket(socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU, 1280)
+    sender = socks.batch(sendbatch, sock)
+    addr = receiver.getsockname()[:2]
+    big = [(x, addr) for x in _datagrams(10, 1400, tag=1)]
+    small = [(x, addr) for x in _datagrams(8, 1200, tag=2)]
+    items = big + small
+
+    assert sender.send(items) == len(items)
+    assert sender.errors == 0 and sender.blocked is False
+    assert sender.gso_failures == 1
+    assert sender.gso_enabled is True
+    assert sender.gso_max_segment == 1399
+    assert (sender.gso_sends, sender.gso_segments) == (1, 8)
+    assert recv_n(receiver, len(items)) == [x for x, _ in items]
+
+    assert sender.send(big) == len(big)  # above the ceiling: plain at once, no new refusal
+    assert sender.gso_failures == 1 and (sender.gso_sends, sender.gso_segments) == (1, 8)
+    assert recv_n(receiver, len(big)) == [x for x, _ in big]
+    assert until_sentinel(sock, receiver) == []
+
+
+@needs_gso
+@pytest.mark.usefixtures("ipv6")
+def test_runs_to_v4_mapped_addresses(sendbatch, socks):
+    """A dual-stack socket sends IPv4 destinations through the IPv4 path, offload included;
+    ``127.0.0.1`` and ``::ffff:127.0.0.1`` are one address, so they make one run."""
+    try:
+        sock = socks.udp(socket.AF_INET6, ("::", 0), v6only=0, blocking=False)
+    except OSError as exc:
+        pytest.skip(f"no dual-stack AF_INET6 socket: {exc}")
+    if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 0:
+        pytest.skip("IPV6_V6ONLY could not be disabled")
+    receiver = socks.receiver(socket.AF_INET)
+    port = receiver.getsockname()[1]
+    sender = socks.batch(sendbatch, sock)
+    data = _datagrams(6, 1000)
+    items = [(x, (V4 if k % 2 else "::ffff:127.0.0.1", port)) for k, x in enumerate(data)]
+
+    assert sender.send(items) == len(items)
+    assert sender.errors == 0
+    assert (sender.gso_sends, sender.gso_segments) == (1, 6)
+    assert recv_n(receiver, 6) == data
+
+
+@needs_gso
+def test_full_buffer_stops_at_a_run_start(sendbatch, socks):
+    """A refused run (socket buffer full) is not half sent: ``send`` returns its first index,
+    and sending on from there delivers every datagram once, in order."""
+    receiver = socks.receiver(rcvbuf=1 << 22)
+    sock = socks.sender_socket(sndbuf=4096)
+    sender = socks.batch(sendbatch, sock)
+    addr = receiver.getsockname()
+    items = [(x, addr) for x in _datagrams(400, 1200)]
+    runs = gso_runs(items)
+    starts = {sum(runs[:k]) for k in range(len(runs) + 1)}
+    got: list[bytes] = []
+    i = 0
+    for _ in range(10_000):
+        i = sender.send(items, i)
+        assert i in starts
+        if i == len(items):
+            break
+        assert sender.blocked is True
+        while True:  # drain what arrived, so that the next call can go on
+            try:
+                got.append(receiver.recv(70_000, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+    got += until_sentinel(sock, receiver)
+    assert got == [x for x, _ in items]
+
+
+# ------------------------------------------------------------------------- 10. twins, random
+
+
+def _random_batch(rng: random.Random, addrs: list[tuple]) -> list:
+    """Up to ~400 datagrams and ~1 MB (well within the receivers' buffers): runs of random
+    sizes (empty, tiny, the default 1,200, too large to pair) to random receivers, some
+    ended by a shorter one."""
+    sizes = [0, 1, 2, 100, 1199, 1200, 1200, 1200, 8000, 30_000, 40_000]
+    items: list = []
+    length, total = rng.randrange(1, 400), 0
+    while len(items) < length and total < 1_000_000:
+        to = rng.choice(addrs)
+        size = rng.choice(sizes)
+        for x in _datagrams(rng.choice([1, 1, 2, 5, 60, 70]), size, tag=len(items)):
+            items.append((x, to))
+            total += size
+        if rng.random() < 0.3:
+            items.append((b"s" * rng.randrange(1, size + 2), to))
+    return items
+
+
+@needs_gso
+def test_twins_agree_on_random_runs(socks):
+    """Compiled and pure twins, with and without offload, deliver the same datagrams for
+    random batches of runs, cut them into the same messages, and lose nothing."""
+    if NO_EXTENSIONS:
+        pytest.skip("compiled extensions disabled by P2PFAST_NO_EXTENSIONS")
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    receivers = [socks.receiver(rcvbuf=1 << 23) for _ in range(2)]
+    addrs = [r.getsockname() for r in receivers]
+    mods = [_load("_sendbatch", "c"), _load("_sendbatch", "py")]
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(st.integers(0, 2**32 - 1))
+    def check(seed):
+        items = _random_batch(random.Random(seed), addrs)
+        results = []
+        for mod in mods:
+            for gso in (True, False):
+                sock = socks.sender_socket()
+                sender = socks.batch(mod, sock, gso=gso)
+                assert sender.send(items) == len(items)
+                assert sender.errors == 0 and sender.gso_failures == 0
+                got = [until_sentinel(sock, r) for r in receivers]
+                results.append((got, sender.gso_sends, sender.gso_segments))
+                sock.close()
+        expected = [[x for x, to in items if to == a] for a in addrs]
+        runs = [r for r in gso_runs(items) if r > 1]
+        assert results[0] == (expected, len(runs), sum(runs))  # c, offload
+        assert results[1] == (expected, 0, 0)  # c, plain
+        assert results[2] == results[0]  # py, offload
+        assert results[3] == results[1]  # py, plain
+
+    check()

@@ -398,7 +398,7 @@ class Simulation:
         while event is not None:
             kind = type(event)
             if kind is DataReceived:
-                node.app_consumed()  # the application takes each message at once
+                node.app_consumed(1, event)  # the application takes each message at once
                 ledger.delivered(
                     host.index,
                     host.incarnation,
