@@ -1609,24 +1609,23 @@ class Node:
     def _reassembled(self, peer: Peer, conn: BulkConnection, data: bytes, now: float) -> None:
         """A large message is whole: deliver it like a datagram, or hold it while the
         application's queue is full (its fragments were acknowledged: it must not be lost)."""
-        receiver = self._receiver
-        if self._bulk_held or (
-            receiver.deliver == DELIVER_APP
-            and receiver.app_limit > 0
-            and receiver.app_pending >= receiver.app_limit
-        ):
+        if self._bulk_held or self._app_full():
             self._bulk_held.append((peer, data))
             return
         self._deliver_large(peer, conn, data, now)
 
-    def _deliver_held(self, now: float) -> None:
+    def _app_full(self) -> bool:
+        """The application's queue holds all it may (a message delivered now would be lost)."""
         receiver = self._receiver
-        held = self._bulk_held
-        while held and not (
+        return bool(
             receiver.deliver == DELIVER_APP
             and receiver.app_limit > 0
             and receiver.app_pending >= receiver.app_limit
-        ):
+        )
+
+    def _deliver_held(self, now: float) -> None:
+        held = self._bulk_held
+        while held and not self._app_full():
             peer, data = held.popleft()
             conn = peer.bulk
             if conn is not None:

@@ -53,6 +53,16 @@ def consume_all(net: VirtualNet, node: Node) -> list[DataReceived]:
     return got
 
 
+def push(net: VirtualNet, a: Node, b: Node, pending: list[str]) -> None:
+    """Send from the front of ``pending`` until the window is full (backpressure)."""
+    while pending:
+        try:
+            a.send_data(b.node_id, pending[0], net.now)
+        except WindowFull:
+            return
+        pending.pop(0)
+
+
 def send_all(net, a, b, payloads, seconds=300.0, consume=True) -> list[str]:
     """Send every payload reliably (waiting on WindowFull); return the received payloads."""
     pending = list(payloads)
@@ -61,12 +71,7 @@ def send_all(net, a, b, payloads, seconds=300.0, consume=True) -> list[str]:
     base = sum(isinstance(e, (SendCompleted, SendFailed)) for e in outcomes)
 
     def done() -> bool:
-        while pending:
-            try:
-                a.send_data(b.node_id, pending[0], net.now)
-            except WindowFull:
-                break
-            pending.pop(0)
+        push(net, a, b, pending)
         net.flush()
         if consume:
             received.extend(e.payload for e in consume_all(net, b))
@@ -164,12 +169,7 @@ def test_an_application_that_stops_reading_holds_the_sender_not_the_receivers_me
     payloads = [payload_of_size(MiB - 1000, i) for i in range(8)]
     pending = list(payloads)
     for _ in range(400):
-        while pending:
-            try:
-                a.send_data(b.node_id, pending[0], net.now)
-            except WindowFull:
-                break
-            pending.pop(0)
+        push(net, a, b, pending)
         net.flush()
         net.run(0.05)
         conn = b.peers_by_id[a.node_id].bulk
@@ -185,12 +185,7 @@ def test_an_application_that_stops_reading_holds_the_sender_not_the_receivers_me
     received: list[str] = []
 
     def all_received() -> bool:
-        while pending:
-            try:
-                a.send_data(b.node_id, pending[0], net.now)
-            except WindowFull:
-                break
-            pending.pop(0)
+        push(net, a, b, pending)
         net.flush()
         received.extend(e.payload for e in consume_all(net, b))
         return len(received) == len(payloads)
